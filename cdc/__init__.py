@@ -1,0 +1,1 @@
+"""Capture: PostgreSQL logical decoding to Debezium-format change events."""

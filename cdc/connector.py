@@ -1,0 +1,411 @@
+"""The connector: one source database → change events in a sink.
+
+Start-up checks the source and decides whether to snapshot; then it streams the slot. The rule
+that makes it lossless: the LSN confirmed to PostgreSQL moves only past transactions whose every
+event the sink has acknowledged. A crash at any moment therefore re-sends at most the
+unacknowledged window, and each re-sent event carries the same ``source.lsn`` as before.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import sql
+
+from .changes import ChangeTranslator, CommittedTransaction, TranslatorConfig
+from .config import SnapshotMode, SourceConfig
+from .envelope import ChangeEvent, SnapshotMarker, SourceInfo, TableEventBuilder
+from .errors import PreflightError, SourceError
+from .identifiers import TableName
+from .lsn import format_lsn
+from .model import Column, ColumnValue, Relation, TableShape
+from .offsets import ConnectorOffset, OffsetStore
+from .pgoutput import decode_message
+from .postgres import catalog, session
+from .postgres.replication import Keepalive, ReplicationConnection
+from .postgres.snapshot import SnapshotReader
+from .sink import Sink
+from .stats import CaptureStats
+from .type_encoding import EncodingOptions
+
+log = structlog.get_logger(__name__)
+
+_PUBLISH_BATCH = 1_000
+_READ_TIMEOUT_S = 0.2
+_PROGRESS_LOG_INTERVAL_S = 10.0
+_SHUTDOWN_FLUSH_TIMEOUT_S = 30.0
+
+
+def heartbeat_topic(prefix: str) -> str:
+    """Debezium's heartbeat topic for a source."""
+    return f"__debezium-heartbeat.{prefix}"
+
+
+def table_topic(prefix: str, table: TableName) -> str:
+    """``<prefix>.<schema>.<table>``."""
+    return f"{prefix}.{table.schema}.{table.name}"
+
+
+class Connector:
+    """Captures one source until stopped.
+
+    Args:
+        source: The source's configuration.
+        sink: Where events go.
+        offsets: Where the connector records whether its snapshot completed.
+    """
+
+    def __init__(self, source: SourceConfig, sink: Sink, offsets: OffsetStore) -> None:
+        self.source = source
+        self.stats = CaptureStats()
+        self._sink = sink
+        self._offsets = offsets
+        self._tables = [t.table for t in source.tables]
+        self._options = EncodingOptions(decimal_handling=source.decimal_handling)
+        self._log = log.bind(source=source.name, db=session.describe_dsn(source.dsn))
+        self._catalog: psycopg.Connection[Any] | None = None
+        self._database = ""
+        # (events published when the transaction ended, its end LSN, its commit time)
+        self._unconfirmed: deque[tuple[int, int, int]] = deque()
+        self.ready = threading.Event()
+        """Set once the snapshot (if any) is done and the connector is streaming."""
+
+    # --- start-up --------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Check the source and create the publication (no slot is touched).
+
+        Raises:
+            PreflightError: The source cannot be captured as configured.
+            SourceError: The source is unreachable.
+        """
+        self._catalog = session.connect(self.source.dsn)
+        self._database = catalog.check_server(self._catalog)
+        may_set_full = {
+            t.table: self.source.replica_identity_full_allowed(t) for t in self.source.tables
+        }
+        catalog.prepare_tables(self._catalog, self._tables, may_set_full)
+        catalog.ensure_publication(self._catalog, self.source.publication_name, self._tables)
+
+    def run(self, stop: threading.Event) -> None:
+        """Prepare, snapshot if needed, then stream until ``stop`` is set.
+
+        Raises:
+            PreflightError: The source cannot be captured as configured (do not retry).
+            SourceError, SinkError: A connection failed (retrying later is safe).
+        """
+        try:
+            if self._catalog is None:
+                self.prepare()
+            replication = ReplicationConnection(self.source.dsn)
+            try:
+                self._open_slot(replication)
+                self._stream(replication, stop)
+            finally:
+                replication.close()
+        finally:
+            if self._catalog is not None:
+                self._catalog.close()
+                self._catalog = None
+
+    def _open_slot(self, replication: ReplicationConnection) -> None:
+        assert self._catalog is not None
+        slot = self.source.slot_name
+        mode = self.source.snapshot
+        state = catalog.slot_state(self._catalog, slot)
+        offset = self._offsets.load(self.source.name)
+        if state is not None and state.wal_status == "lost":
+            self._log.warning("cdc.slot_invalidated", slot=slot)
+            catalog.drop_slot(self._catalog, slot)
+            state = None
+        if state is not None:
+            catalog.check_slot_usable(state, self._database)
+            snapshot_done = offset is not None and offset.slot == slot and offset.snapshot_completed
+            if snapshot_done or mode is SnapshotMode.NEVER:
+                self._log.info(
+                    "cdc.slot_resumed",
+                    slot=slot,
+                    confirmed_lsn=format_lsn(state.confirmed_flush_lsn or 0),
+                )
+                return
+            # The slot exists but its snapshot never finished (the connector died mid-snapshot):
+            # the exported snapshot is gone, so start over with a new slot and a new snapshot.
+            self._log.warning("cdc.snapshot_incomplete_restarting", slot=slot)
+            catalog.drop_slot(self._catalog, slot)
+        elif offset is not None and offset.snapshot_completed and mode is SnapshotMode.INITIAL:
+            raise PreflightError(
+                f"replication slot {slot!r} is gone, but source {self.source.name!r} was captured "
+                f"before (last confirmed LSN {format_lsn(offset.lsn or 0)}): changes made since "
+                "then can no longer be streamed",
+                'set snapshot = "when_needed" to re-snapshot the tables, or drop the stored offset '
+                "to start over",
+            )
+        self._create_slot(replication, snapshot=mode is not SnapshotMode.NEVER)
+
+    def _create_slot(self, replication: ReplicationConnection, snapshot: bool) -> None:
+        slot = self.source.slot_name
+        # Mark the snapshot incomplete *before* the slot exists, so a crash in between is seen as
+        # "snapshot unfinished" on restart and never as "resume streaming".
+        self._offsets.save(self.source.name, ConnectorOffset(slot, snapshot_completed=not snapshot))
+        created = replication.create_slot(slot, export_snapshot=snapshot)
+        self._log.info(
+            "cdc.slot_created", slot=slot, consistent_lsn=format_lsn(created.consistent_lsn)
+        )
+        if snapshot:
+            reader = SnapshotReader(self.source.dsn, created.snapshot_name)
+            try:
+                self._snapshot(reader, created.consistent_lsn)
+            finally:
+                reader.close()
+            self._offsets.save(
+                self.source.name, ConnectorOffset(slot, True, created.consistent_lsn)
+            )
+        self.stats.confirmed_lsn = created.consistent_lsn
+
+    # --- snapshot ----------------------------------------------------------------------------
+
+    def _snapshot(self, reader: SnapshotReader, consistent_lsn: int) -> None:
+        conn = reader.connection
+        shapes = [catalog.load_table_shape(conn, catalog.table_oid(conn, t)) for t in self._tables]
+        non_empty = [s for s in shapes if _has_rows(conn, s)]
+        started_us = int(time.time() * 1_000_000)
+        self._log.info("cdc.snapshot_started", tables=len(shapes), lsn=format_lsn(consistent_lsn))
+        batch: list[ChangeEvent] = []
+        for index, shape in enumerate(non_empty):
+            builder = TableEventBuilder(self.source.name, shape, self._options)
+            last_table = index == len(non_empty) - 1
+            rows = _with_position(reader.read_rows(shape, self.source.snapshot_batch_rows))
+            for row, first_in_table, last_in_table in rows:
+                marker = _snapshot_marker(
+                    index == 0 and first_in_table,
+                    last_table and last_in_table,
+                    first_in_table,
+                    last_in_table,
+                )
+                source = SourceInfo(
+                    self.source.name,
+                    self._database,
+                    shape.schema,
+                    shape.name,
+                    ts_us=started_us,
+                    snapshot=marker,
+                    lsn=consistent_lsn,
+                )
+                now_us = int(time.time() * 1_000_000)
+                batch.append(builder.event("r", None, builder.row(row), source, now_us))
+                self.stats.snapshot_rows += 1
+                if len(batch) >= self.source.snapshot_batch_rows:
+                    self._publish(batch)
+                    batch = []
+        self._publish(batch)
+        # The snapshot counts as done only when every row is durable in the sink.
+        self._sink.flush(timeout=max(_SHUTDOWN_FLUSH_TIMEOUT_S, 600.0))
+        self.stats.events_acknowledged = self._sink.acknowledged()
+        self._log.info("cdc.snapshot_completed", rows=self.stats.snapshot_rows)
+
+    # --- streaming ---------------------------------------------------------------------------
+
+    def _stream(self, replication: ReplicationConnection, stop: threading.Event) -> None:
+        translator = ChangeTranslator(
+            TranslatorConfig(
+                prefix=self.source.name,
+                database=self._database,
+                options=self._options,
+                tombstones_on_delete=self.source.tombstones_on_delete,
+                provide_transaction_metadata=self.source.provide_transaction_metadata,
+            ),
+            self._shape_for,
+        )
+        replication.start(self.source.slot_name, self.source.publication_name)
+        self.ready.set()
+        self._log.info("cdc.streaming", slot=self.source.slot_name)
+        batch: list[ChangeEvent] = []
+        now = time.monotonic()
+        next_status = now + self.source.status_interval_s
+        next_heartbeat = now + self.source.heartbeat_interval_s
+        next_progress = now + _PROGRESS_LOG_INTERVAL_S
+        reply_requested = False
+        while not stop.is_set():
+            message = replication.read(_READ_TIMEOUT_S if not batch else 0.0)
+            if message is None:
+                self._publish(batch)
+                batch = []
+            elif isinstance(message, Keepalive):
+                self.stats.server_wal_end = max(self.stats.server_wal_end, message.wal_end)
+                reply_requested = reply_requested or message.reply_requested
+            else:
+                self.stats.received_lsn = max(self.stats.received_lsn, message.wal_end)
+                pgoutput = decode_message(message.payload)
+                committed = translator.translate(
+                    pgoutput, message.data_start, int(time.time() * 1_000_000), batch
+                )
+                if committed is not None:
+                    self._publish(batch)
+                    batch = []
+                    self._track_commit(committed)
+                elif len(batch) >= _PUBLISH_BATCH:
+                    self._publish(batch)
+                    batch = []
+            now = time.monotonic()
+            self._collect_acks(translator.in_transaction or bool(batch))
+            if reply_requested or now >= next_status:
+                replication.send_status(
+                    self.stats.received_lsn, self.stats.confirmed_lsn, reply=False
+                )
+                reply_requested = False
+                next_status = now + self.source.status_interval_s
+            if now >= next_heartbeat:
+                self._publish([self._heartbeat()])
+                next_heartbeat = now + self.source.heartbeat_interval_s
+            if now >= next_progress:
+                self._log_progress(now)
+                next_progress = now + _PROGRESS_LOG_INTERVAL_S
+        self._shutdown(replication, batch, translator.in_transaction)
+
+    def _shutdown(
+        self, replication: ReplicationConnection, batch: list[ChangeEvent], in_tx: bool
+    ) -> None:
+        # Publish what was read, wait for the sink, then confirm: a clean stop re-sends nothing.
+        self._publish(batch)
+        try:
+            self._sink.flush(_SHUTDOWN_FLUSH_TIMEOUT_S)
+        finally:
+            self._collect_acks(in_tx)
+            replication.send_status(self.stats.received_lsn, self.stats.confirmed_lsn)
+            self._log.info("cdc.stopped", confirmed_lsn=format_lsn(self.stats.confirmed_lsn))
+
+    def _publish(self, events: Sequence[ChangeEvent]) -> None:
+        if events:
+            self.stats.events_published = self._sink.publish(events)
+
+    def _track_commit(self, committed: CommittedTransaction) -> None:
+        self._unconfirmed.append(
+            (self.stats.events_published, committed.end_lsn, committed.commit_time_us)
+        )
+
+    def _collect_acks(self, busy: bool) -> None:
+        acknowledged = self._sink.acknowledged()
+        self.stats.events_acknowledged = acknowledged
+        confirmed = self.stats.confirmed_lsn
+        last_commit_us = 0
+        while self._unconfirmed and self._unconfirmed[0][0] <= acknowledged:
+            _, end_lsn, last_commit_us = self._unconfirmed.popleft()
+            confirmed = max(confirmed, end_lsn)
+        if last_commit_us:
+            self.stats.slot_lag_ms = time.time() * 1000 - last_commit_us / 1000
+        if not self._unconfirmed and not busy and acknowledged >= self.stats.events_published:
+            # Nothing of ours is in flight: everything the server sent before its WAL end has been
+            # handled, so the slot may move past WAL that only other tables wrote (idle slot).
+            confirmed = max(confirmed, self.stats.server_wal_end)
+        self.stats.confirmed_lsn = confirmed
+
+    def _shape_for(self, relation: Relation) -> TableShape | None:
+        if TableName(relation.schema, relation.name) not in self._tables:
+            return None
+        assert self._catalog is not None
+        current = catalog.load_table_shape(self._catalog, relation.oid)
+        by_name = {c.name: c for c in current.columns}
+        # The Relation message describes the tuples that follow; the catalog only adds what the
+        # message lacks (primary-key membership, NOT NULL), matched by column name.
+        columns = tuple(
+            Column(
+                name=rc.name,
+                type_oid=rc.type_oid,
+                type_modifier=rc.type_modifier,
+                part_of_key=by_name[rc.name].part_of_key if rc.name in by_name else False,
+                optional=by_name[rc.name].optional if rc.name in by_name else True,
+            )
+            for rc in relation.columns
+        )
+        types = dict(current.types)
+        missing = {c.type_oid for c in columns} - types.keys()
+        if missing:
+            types.update(catalog.resolve_types(self._catalog, missing))
+        self._log.info(
+            "cdc.table_shape",
+            table=f"{relation.schema}.{relation.name}",
+            columns=[c.name for c in columns],
+        )
+        return TableShape(relation.schema, relation.name, columns, types)
+
+    def _heartbeat(self) -> ChangeEvent:
+        return ChangeEvent(
+            topic=heartbeat_topic(self.source.name),
+            key={"serverName": self.source.name},
+            value={"ts_ms": int(time.time() * 1000)},
+            key_schema=_HEARTBEAT_KEY_SCHEMA,
+            value_schema=_HEARTBEAT_VALUE_SCHEMA,
+        )
+
+    def _log_progress(self, now: float) -> None:
+        self.stats.sample_rate(now)
+        snap = self.stats.snapshot()
+        self._log.info(
+            "cdc.progress",
+            events=snap.events_published,
+            events_per_s=round(snap.events_per_second, 1),
+            received_lsn=format_lsn(snap.received_lsn),
+            confirmed_lsn=format_lsn(snap.confirmed_lsn),
+            slot_lag_bytes=snap.slot_lag_bytes,
+            slot_lag_ms=round(snap.slot_lag_ms, 1),
+        )
+
+
+def _has_rows(conn: psycopg.Connection[Any], shape: TableShape) -> bool:
+    query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
+        sql.Identifier(shape.schema, shape.name)
+    )
+    row = conn.execute(query).fetchone()
+    return bool(row and row[0])
+
+
+def _with_position(
+    batches: Iterator[list[tuple[ColumnValue, ...]]],
+) -> Iterator[tuple[tuple[ColumnValue, ...], bool, bool]]:
+    """Yield each row with (first in table, last in table), looking one row ahead."""
+    previous: tuple[ColumnValue, ...] | None = None
+    first = True
+    for batch in batches:
+        for row in batch:
+            if previous is not None:
+                yield previous, first, False
+                first = False
+            previous = row
+    if previous is not None:
+        yield previous, first, True
+
+
+def _snapshot_marker(
+    first_overall: bool, last_overall: bool, first_in_table: bool, last_in_table: bool
+) -> SnapshotMarker:
+    if first_overall:
+        return "first"
+    if last_overall:
+        return "last"
+    if first_in_table:
+        return "first_in_data_collection"
+    if last_in_table:
+        return "last_in_data_collection"
+    return "true"
+
+
+_HEARTBEAT_KEY_SCHEMA: dict[str, Any] = {
+    "type": "struct",
+    "fields": [{"type": "string", "optional": False, "field": "serverName"}],
+    "optional": False,
+    "name": "io.debezium.connector.common.ServerNameKey",
+}
+_HEARTBEAT_VALUE_SCHEMA: dict[str, Any] = {
+    "type": "struct",
+    "fields": [{"type": "int64", "optional": False, "field": "ts_ms"}],
+    "optional": False,
+    "name": "io.debezium.connector.common.Heartbeat",
+}
+
+__all__ = ["Connector", "SourceError", "heartbeat_topic", "table_topic"]

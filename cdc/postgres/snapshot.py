@@ -1,0 +1,66 @@
+"""Reading the tables' existing rows inside the slot's exported snapshot.
+
+Rows come through ``COPY (SELECT …) TO STDOUT`` in text format: the same output functions pgoutput
+uses, streamed by the server, so memory stays bounded by one batch whatever the table's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ..errors import SourceError
+from ..model import ColumnValue, TableShape
+from . import session
+
+
+class SnapshotReader:
+    """A REPEATABLE READ transaction pinned to the snapshot a new slot exported."""
+
+    def __init__(self, dsn: str, snapshot_name: str | None) -> None:
+        self._conn: psycopg.Connection[Any] = session.connect(dsn, autocommit=False)
+        try:
+            self._conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            if snapshot_name is not None:
+                self._conn.execute(
+                    sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
+                )
+        except psycopg.Error as exc:
+            self._conn.close()
+            raise SourceError(f"could not open the snapshot transaction: {exc}") from exc
+
+    @property
+    def connection(self) -> psycopg.Connection[Any]:
+        """The snapshot transaction's connection (catalog reads here see the snapshot too)."""
+        return self._conn
+
+    def read_rows(
+        self, shape: TableShape, batch_rows: int
+    ) -> Iterator[list[tuple[ColumnValue, ...]]]:
+        """Yield the table's rows in batches of at most ``batch_rows``."""
+        columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in shape.columns)
+        query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(
+            columns, sql.Identifier(shape.schema, shape.name)
+        )
+        batch: list[tuple[ColumnValue, ...]] = []
+        try:
+            with self._conn.cursor().copy(query) as copy:
+                for row in copy.rows():
+                    batch.append(row)
+                    if len(batch) >= batch_rows:
+                        yield batch
+                        batch = []
+        except psycopg.Error as exc:
+            raise SourceError(f"snapshot of {shape.schema}.{shape.name} failed: {exc}") from exc
+        if batch:
+            yield batch
+
+    def close(self) -> None:
+        """End the snapshot transaction."""
+        try:
+            self._conn.rollback()
+        finally:
+            self._conn.close()

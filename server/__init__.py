@@ -1,0 +1,1 @@
+"""unified-profile service: engine, store, serving, command line."""

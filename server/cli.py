@@ -1,0 +1,92 @@
+"""The ``unified-profile`` command.
+
+Exit codes: 0 after a clean stop, 2 for an invalid configuration, 3 when a source database is not
+ready for capture (the message says what to fix), 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+import structlog
+from unified_profile.cdc.config import KafkaConfig, load_capture_config
+from unified_profile.cdc.errors import ConfigError, PreflightError
+
+from .capture import CaptureService
+from .logs import configure_logging
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_PREFLIGHT = 0, 1, 2, 3
+
+log = structlog.get_logger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for the README's reference and for tests)."""
+    parser = argparse.ArgumentParser(
+        prog="unified-profile",
+        description="One real-time customer record shared by a CRM and a loyalty platform.",
+    )
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", choices=["json", "console"],
+                        help="default: console on a terminal, JSON lines otherwise")
+    commands = parser.add_subparsers(dest="command", required=True)
+    cdc = commands.add_parser(
+        "cdc", help="capture source databases as Debezium change events into Kafka"
+    )
+    cdc.add_argument("--config", required=True, help="the TOML configuration file")
+    cdc.add_argument("--source", action="append",
+                     help="capture only this source (repeatable; default: every source)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``unified-profile`` console script."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, None if args.log_format is None else args.log_format == "json")
+    try:
+        if args.command == "cdc":
+            return _run_cdc(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except PreflightError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_PREFLIGHT
+    return EXIT_FAILED
+
+
+def _run_cdc(args: argparse.Namespace) -> int:
+    config = load_capture_config(args.config)
+    if not isinstance(config.transport, KafkaConfig):
+        raise ConfigError(args.config, [(
+            "transport.kind",
+            'the cdc command publishes to Kafka: set kind = "kafka" and bootstrap_servers',
+        )])
+    sources = [config.source(name) for name in args.source] if args.source else config.sources
+    service = CaptureService(config, sources)
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("cdc.stop_requested", signal=signal.Signals(signum).name)
+        service.stop()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    service.start()
+    while not service.wait(timeout=0.5):
+        pass
+    if service.failure is not None:
+        # Retrying cannot fix these; the message already names the problem and its fix.
+        if isinstance(service.failure, PreflightError | ConfigError):
+            raise service.failure
+        print(f"error: {service.failure}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
