@@ -384,14 +384,15 @@ def _with_position(
 def _snapshot_marker(
     first_overall: bool, last_overall: bool, first_in_table: bool, last_in_table: bool
 ) -> SnapshotMarker:
-    if first_overall:
-        return "first"
+    # "last" wins over "first" (as in Debezium): consumers watch for it to know the snapshot ended.
     if last_overall:
         return "last"
-    if first_in_table:
-        return "first_in_data_collection"
+    if first_overall:
+        return "first"
     if last_in_table:
         return "last_in_data_collection"
+    if first_in_table:
+        return "first_in_data_collection"
     return "true"
 
 

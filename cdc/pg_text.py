@@ -18,11 +18,12 @@ ArrayItems: TypeAlias = "list[str | ArrayItems | None]"
 """A parsed array literal: elements as text, ``None`` for SQL NULL, nested lists for sub-arrays."""
 
 # A quoted element, a structural character ({, } or the delimiter), or an unquoted element.
-# array_out quotes every element containing a backslash, quote, brace, delimiter or whitespace,
-# so an unquoted element never contains any of them.
-_TOKEN_TEMPLATE = r'"((?:[^"\\]|\\.)*)"|([{{}}{d}])|([^"\\{{}}{d}\s]+)'  # noqa: S105 (not a secret)
+# array_out quotes every element containing a backslash, quote, brace, delimiter or whitespace
+# (array_isspace: ASCII space, \t, \n, \r, \v, \f only), so an unquoted element never contains
+# any of them.
+_TOKEN_TEMPLATE = r'"((?:[^"\\]|\\.)*)"|([{{}}{d}])|([^"\\{{}}{d} \t\n\r\v\f]+)'  # noqa: S105
 _TOKEN_PATTERNS: dict[str, re.Pattern[str]] = {}
-_NOT_PLAIN = re.compile(r'["{}\\\s]')
+_NOT_PLAIN = re.compile(r'["{}\\ \t\n\r\v\f]')
 _ESCAPED = re.compile(r"\\(.)", re.DOTALL)
 
 _HSTORE_PAIR = re.compile(r'"((?:[^"\\]|\\.)*)"=>(?:"((?:[^"\\]|\\.)*)"|(NULL))', re.DOTALL)
@@ -177,6 +178,13 @@ def _fraction_micros(fraction: str | None) -> int:
     return 0 if fraction is None else int(fraction) * _FRACTION_SCALE[len(fraction)]
 
 
+def _seconds_of_day(hours: str, minutes: str, seconds: str, end_of_day: bool = False) -> int:
+    h, m, s = int(hours), int(minutes), int(seconds)
+    if m > 59 or s > 59 or h > 24 or (h == 24 and not end_of_day):
+        raise ValueError("time of day out of range")
+    return h * 3600 + m * 60 + s
+
+
 def _year(year_text: str, bc: str | None) -> int:
     year = int(year_text)
     return 1 - year if bc else year  # 1 BC is year 0 in ISO-8601 (and in java.time)
@@ -245,8 +253,12 @@ def parse_time(text: str) -> int:
     if match is None:
         raise ValueError("malformed time")
     hours, minutes, seconds, fraction = match.groups()
-    micros = (int(hours) * 3600 + int(minutes) * 60 + int(seconds)) * 1_000_000
-    return micros + _fraction_micros(fraction)
+    micros = _seconds_of_day(hours, minutes, seconds, end_of_day=True) * 1_000_000 + (
+        _fraction_micros(fraction)
+    )
+    if micros > 86_400_000_000:
+        raise ValueError("time of day out of range")
+    return micros
 
 
 def parse_timetz(text: str) -> tuple[int, int]:
@@ -259,8 +271,12 @@ def parse_timetz(text: str) -> tuple[int, int]:
     if match is None:
         raise ValueError("malformed timetz")
     hours, minutes, seconds, fraction, sign, off_h, off_m, off_s = match.groups()
-    micros = (int(hours) * 3600 + int(minutes) * 60 + int(seconds)) * 1_000_000
-    return micros + _fraction_micros(fraction), _offset_seconds(sign, off_h, off_m, off_s)
+    micros = _seconds_of_day(hours, minutes, seconds, end_of_day=True) * 1_000_000 + (
+        _fraction_micros(fraction)
+    )
+    if micros > 86_400_000_000:
+        raise ValueError("time of day out of range")
+    return micros, _offset_seconds(sign, off_h, off_m, off_s)
 
 
 def parse_timestamp(text: str) -> int:
@@ -273,7 +289,7 @@ def parse_timestamp(text: str) -> int:
         raise ValueError("malformed timestamp")
     year, month, day, hours, minutes, seconds, fraction, bc = match.groups()
     days = epoch_day(_year(year, bc), int(month), int(day))
-    seconds_of_day = int(hours) * 3600 + int(minutes) * 60 + int(seconds)
+    seconds_of_day = _seconds_of_day(hours, minutes, seconds)
     return (days * 86400 + seconds_of_day) * 1_000_000 + _fraction_micros(fraction)
 
 
@@ -286,7 +302,7 @@ def parse_timestamptz(text: str) -> int:
         match.groups()
     )
     days = epoch_day(_year(year, bc), int(month), int(day))
-    seconds_of_day = int(hours) * 3600 + int(minutes) * 60 + int(seconds)
+    seconds_of_day = _seconds_of_day(hours, minutes, seconds)
     utc_seconds = days * 86400 + seconds_of_day - _offset_seconds(sign, off_h, off_m, off_s)
     return utc_seconds * 1_000_000 + _fraction_micros(fraction)
 
@@ -300,8 +316,10 @@ def parse_interval(text: str) -> tuple[int, int, int, int, int, int, int]:
     Returns:
         ``(years, months, days, hours, minutes, whole seconds, microseconds)``.
     """
+    if not text or text[-1] == " ":
+        raise ValueError("malformed interval")
     match = _INTERVAL_TEXT.fullmatch(text)
-    if match is not None and text and text[-1] != " ":
+    if match is not None:
         y, mo, d, sign_text, h, m, s, fraction = match.groups()
         sign = -1 if sign_text == "-" else 1
         return (

@@ -98,7 +98,15 @@ class InMemorySink:
     def flush(self, timeout: float) -> None:
         """Wait until the consumer has acknowledged everything published."""
         with self._changed:
-            if not self._changed.wait_for(lambda: self._acknowledged >= self._published, timeout):
+            done = self._changed.wait_for(
+                lambda: self._acknowledged >= self._published or self._closed, timeout
+            )
+            if self._closed and self._acknowledged < self._published:
+                raise SinkError(
+                    f"in-memory sink closed with {self._published - self._acknowledged} events "
+                    "unacknowledged"
+                )
+            if not done:
                 raise SinkError(
                     f"in-memory sink: {self._published - self._acknowledged} events still "
                     f"unacknowledged after {timeout:.0f}s"

@@ -247,11 +247,6 @@ def _numeric_string(text: str) -> object:
     return text  # numeric_out already prints what BigDecimal.toPlainString() would
 
 
-def _numeric_double(text: str) -> object:
-    special = _NON_FINITE.get(text)
-    return float(text) if special is None else special
-
-
 def _money(text: str) -> tuple[bool, str]:
     """Sign and digits of a money value, dropping currency symbol, grouping and parentheses."""
     value = text.strip()
@@ -289,7 +284,10 @@ def _money_double(text: str) -> object:
 # --- dates and times ------------------------------------------------------------------------
 
 _DAY_US = 86_400_000_000
-_TIMESTAMPTZ_UTC = re.compile(r"(\d{4}-[01]\d-[0-3]\d) ([0-2]\d:[0-5]\d:[0-5]\d)(?:\.(\d{1,6}))?\+00")
+_TIMESTAMPTZ_UTC = re.compile(
+    r"(\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])) ((?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d)"
+    r"(?:\.(\d{1,6}))?\+00"
+)
 
 # Debezium maps date 'infinity'/'-infinity' to the LocalDates -5877611-06-21/-22
 # (PostgresValueConverter.POSITIVE/NEGATIVE_INFINITY_LOCAL_DATE), i.e. these epoch days.
@@ -315,7 +313,7 @@ def _date(text: str) -> object:
 
 
 def _time_micros(text: str) -> int:
-    if len(text) >= 8 and text[2] == ":" and text[5] == ":" and text[:2] != "24":
+    if 8 <= len(text) <= 15 and text[2] == ":" and text[5] == ":" and text[:2] != "24":
         value = time.fromisoformat(text)
         if value.tzinfo is None:
             seconds = (value.hour * 60 + value.minute) * 60 + value.second
@@ -345,7 +343,7 @@ def _timetz(text: str) -> object:
 
 def _epoch_micros(text: str) -> int:
     # 4-digit year, a space, and a last character that is a digit: no " BC", no zone, no infinity.
-    if text[4:5] == "-" and text[10:11] == " " and text[-1:].isdigit():
+    if len(text) >= 19 and text[4] == "-" and text[10] == " " and text[-1].isdigit():
         value = datetime.fromisoformat(text)
         if value.tzinfo is None:
             micros: int = (value - _EPOCH) // _MICROSECOND
@@ -562,7 +560,7 @@ def _numeric(typmod: int, options: EncodingOptions) -> _Codec:
     if mode is DecimalHandling.STRING:
         return _Codec(_STRING, _numeric_string, options.unavailable_value_placeholder)
     if mode is DecimalHandling.DOUBLE:
-        return _Codec({"type": "double"}, _numeric_double, None)
+        return _Codec({"type": "double"}, _float, None)  # BigDecimal.doubleValue()
     if typmod < 4:  # numeric without precision and scale
         variable: Schema = {
             "type": "struct",

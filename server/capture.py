@@ -19,6 +19,7 @@ from tenacity import (
     stop_when_event_set,
     wait_exponential_jitter,
 )
+
 from unified_profile.cdc.config import CaptureConfig, KafkaConfig, SourceConfig
 from unified_profile.cdc.connector import Connector, heartbeat_topic, table_topic
 from unified_profile.cdc.errors import CaptureError, SinkError, SourceError

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 import structlog
+
 from unified_profile.cdc.config import KafkaConfig, load_capture_config
 from unified_profile.cdc.errors import ConfigError, PreflightError
 

@@ -23,6 +23,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
+
 from unified_profile.server.devstack import EmbeddedPostgres, TansuBroker
 
 _IDENT_PREFIX = re.compile(r"[a-z_][a-z0-9_]*")

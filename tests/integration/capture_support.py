@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 from kafka import KafkaConsumer, TopicPartition
+
 from unified_profile.cdc.config import (
     CaptureConfig,
     KafkaConfig,

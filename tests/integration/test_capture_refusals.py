@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from unified_profile.server.cli import EXIT_CONFIG, EXIT_PREFLIGHT, main
 from unified_profile.server.devstack import EmbeddedPostgres
 

@@ -14,6 +14,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from psycopg.conninfo import conninfo_to_dict
+
 from unified_profile.server.devstack import EmbeddedPostgres, TansuBroker, pick_free_port
 from unified_profile.server.devstack.postgres import postgres_bin_dir
 

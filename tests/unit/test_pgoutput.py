@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from unified_profile.cdc.errors import DecodeError
 from unified_profile.cdc.model import (
     UNCHANGED_TOAST,

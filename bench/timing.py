@@ -1,0 +1,72 @@
+"""Small numeric helpers: percentiles and reading an acknowledgement timeline."""
+
+from __future__ import annotations
+
+import bisect
+import math
+import resource
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """A latency distribution in milliseconds.
+
+    Attributes:
+        count: How many samples.
+        p50_ms, p95_ms, p99_ms, max_ms: Nearest-rank percentiles and the maximum.
+    """
+
+    count: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile ``q`` (0-100) of already sorted values."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def summarize_seconds(latencies_s: Sequence[float]) -> Percentiles:
+    """p50/p95/p99/max in milliseconds of latencies given in seconds."""
+    ordered = sorted(latencies_s)
+    return Percentiles(
+        count=len(ordered),
+        p50_ms=percentile(ordered, 50) * 1000,
+        p95_ms=percentile(ordered, 95) * 1000,
+        p99_ms=percentile(ordered, 99) * 1000,
+        max_ms=(ordered[-1] * 1000) if ordered else math.nan,
+    )
+
+
+def first_time_reaching(timeline: Sequence[tuple[float, int]], count: int) -> float | None:
+    """The first time at which the acknowledged count was ``>= count`` (``None``: never).
+
+    Args:
+        timeline: ``(time, acknowledged)`` pairs with non-decreasing counts.
+        count: The count to reach.
+    """
+    counts = [n for _, n in timeline]
+    index = bisect.bisect_left(counts, count)
+    return timeline[index][0] if index < len(timeline) else None
+
+
+def times_reaching(timeline: Sequence[tuple[float, int]], counts: Sequence[int]) -> list[float]:
+    """For each of ``counts``, the first time the acknowledged count reached it (``nan``: never)."""
+    known = [n for _, n in timeline]
+    out = []
+    for count in counts:
+        index = bisect.bisect_left(known, count)
+        out.append(timeline[index][0] if index < len(timeline) else math.nan)
+    return out
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
