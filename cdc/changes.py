@@ -182,11 +182,12 @@ class ChangeTranslator:
         now_us: int,
     ) -> ChangeEvent:
         transaction = None
-        if self._config.provide_transaction_metadata and self._tx is not None:
-            tx = self._tx
+        tx = self._tx
+        if tx is not None:
             tx.total_order += 1
             name = f"{builder.shape.schema}.{builder.shape.name}"
             tx.per_table[name] = tx.per_table.get(name, 0) + 1
+        if self._config.provide_transaction_metadata and tx is not None:
             transaction = {
                 "id": tx.id,
                 "total_order": tx.total_order,

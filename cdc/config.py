@@ -168,6 +168,16 @@ class CaptureConfig(BaseModel):
         EmbeddedTransportConfig()
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_transport_kind(cls, data: Any) -> Any:
+        # The union is told apart by "kind"; a [transport] table without it means the default.
+        if isinstance(data, dict) and isinstance(data.get("transport"), dict):
+            transport = data["transport"]
+            if "kind" not in transport:
+                data = {**data, "transport": {"kind": "embedded", **transport}}
+        return data
+
     @model_validator(mode="after")
     def _unique_sources(self) -> CaptureConfig:
         names = [s.name for s in self.sources]

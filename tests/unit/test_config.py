@@ -196,7 +196,9 @@ def test_default_slot_and_publication_are_valid_postgres_names(name: str, expect
 # --- env: references ------------------------------------------------------------------------
 
 
-def test_env_references_are_resolved_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_references_are_resolved_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("UP_TABLE", "crm.Accounts")
     monkeypatch.setenv("UP_HEARTBEAT", "2.5")
     path = write(
@@ -380,8 +382,7 @@ def test_source_name_must_be_a_topic_prefix() -> None:
     assert problems_of({"sources": [source(name="crm db")]}) == [
         (
             "sources[0].name",
-            "must be usable as a Kafka topic prefix: letters, digits, '.', '_', '-' "
-            "(got 'crm db')",
+            "must be usable as a Kafka topic prefix: letters, digits, '.', '_', '-' (got 'crm db')",
         )
     ]
 
@@ -503,11 +504,6 @@ def test_unknown_transport_kind() -> None:
     assert "'embedded'" in problem
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="README documents transport.kind defaulting to 'embedded', but a [transport] table "
-    "without kind fails with \"Unable to extract tag using discriminator 'kind'\"",
-)
 def test_transport_kind_defaults_to_embedded() -> None:
     config = parse_capture_config({"sources": [source()], "transport": {"queue_events": 10}})
     assert config.transport == EmbeddedTransportConfig(kind="embedded", queue_events=10)

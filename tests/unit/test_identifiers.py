@@ -42,8 +42,14 @@ def test_default_schema() -> None:
     [
         ("", "'': expected a name at position 1"),
         ("crm.", "'crm.': expected a name at position 5"),
-        (".crm", "'.crm': unexpected '.' at position 1; quote names that are not plain lower-case identifiers"),
-        ("a..b", "'a..b': unexpected '.' at position 3; quote names that are not plain lower-case identifiers"),
+        (
+            ".crm",
+            "'.crm': unexpected '.' at position 1; quote names that are not plain lower-case identifiers",
+        ),
+        (
+            "a..b",
+            "'a..b': unexpected '.' at position 3; quote names that are not plain lower-case identifiers",
+        ),
         ('"abc', "'\"abc': quote opened at position 1 is never closed"),
         ('crm."Person', "'crm.\"Person': quote opened at position 5 is never closed"),
         ('crm.""', "'crm.\"\"': empty quoted name at position 5"),
@@ -58,8 +64,14 @@ def test_default_schema() -> None:
             '(quote a name that contains a dot: schema."my.table")',
         ),
         ("my-table", "'my-table': expected '.' at position 3, found '-'"),
-        ("1abc", "'1abc': unexpected '1' at position 1; quote names that are not plain lower-case identifiers"),
-        (" crm", "' crm': unexpected ' ' at position 1; quote names that are not plain lower-case identifiers"),
+        (
+            "1abc",
+            "'1abc': unexpected '1' at position 1; quote names that are not plain lower-case identifiers",
+        ),
+        (
+            " crm",
+            "' crm': unexpected ' ' at position 1; quote names that are not plain lower-case identifiers",
+        ),
         ("crm ", "'crm ': expected '.' at position 4, found ' '"),
         ('crm."a"b', "'crm.\"a\"b': expected '.' at position 8, found 'b'"),
         ("a" * 64, f"{'a' * 64!r}: {'a' * 64!r} is longer than PostgreSQL's 63-byte limit"),
