@@ -40,6 +40,7 @@ _PUBLISH_BATCH = 1_000
 _READ_TIMEOUT_S = 0.2
 _PROGRESS_LOG_INTERVAL_S = 10.0
 _SHUTDOWN_FLUSH_TIMEOUT_S = 30.0
+_SLOT_RELEASE_WAIT_S = 15.0
 
 
 def heartbeat_topic(prefix: str) -> str:
@@ -124,6 +125,8 @@ class Connector:
             self._log.warning("cdc.slot_invalidated", slot=slot)
             catalog.drop_slot(self._catalog, slot)
             state = None
+        if state is not None and state.active_pid is not None:
+            state = self._wait_for_slot_release(slot)
         if state is not None:
             catalog.check_slot_usable(state, self._database)
             snapshot_done = offset is not None and offset.slot == slot and offset.snapshot_completed
@@ -147,6 +150,17 @@ class Connector:
                 "to start over",
             )
         self._create_slot(replication, snapshot=mode is not SnapshotMode.NEVER)
+
+    def _wait_for_slot_release(self, slot: str) -> catalog.SlotState | None:
+        # After a crash the server may hold the slot for the dead walsender a little longer;
+        # a second live connector keeps holding it and is refused by check_slot_usable.
+        assert self._catalog is not None
+        deadline = time.monotonic() + _SLOT_RELEASE_WAIT_S
+        state = catalog.slot_state(self._catalog, slot)
+        while state is not None and state.active_pid is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            state = catalog.slot_state(self._catalog, slot)
+        return state
 
     def _create_slot(self, replication: ReplicationConnection, snapshot: bool) -> None:
         slot = self.source.slot_name
