@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
+
 from .errors import EnvelopeError
 from .model import ColumnValue, TableShape
 from .type_encoding import EncodingOptions, FieldEncoder, build_field_encoder
@@ -279,7 +281,8 @@ def _serialize_part(
 
 
 def _dumps(data: object) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    # orjson: the same compact UTF-8 JSON as json.dumps, an order of magnitude faster per event.
+    return orjson.dumps(data)
 
 
 # --- decoding (our events and real Debezium events alike) ---------------------------------------
