@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
-import multiprocessing.sharedctypes
 import resource
 import threading
 import time
@@ -29,6 +28,8 @@ from unified_profile.cdc.envelope import ChangeEvent
 from unified_profile.cdc.kafka import KafkaOffsetStore, KafkaSink
 from unified_profile.cdc.sink import Sink
 
+from .timing import peak_rss_mib
+
 _CONTEXT = multiprocessing.get_context("spawn")
 
 
@@ -40,15 +41,15 @@ class ConnectorResult:
         timeline: ``(unix time, events acknowledged)`` each time the count moved, in order.
         published: Events handed to the sink.
         acknowledged: Events the sink acknowledged.
-        max_rss_kib: The child's peak resident set size.
-        cpu_s: User + system CPU time the child used.
+        max_rss_mib: The child's peak resident set size.
+        cpu_s: User + system CPU time the child used while streaming (start-up excluded).
         error: The connector's exception (with traceback), if it failed.
     """
 
     timeline: list[tuple[float, int]] = field(default_factory=list)
     published: int = 0
     acknowledged: int = 0
-    max_rss_kib: int = 0
+    max_rss_mib: float = 0.0
     cpu_s: float = 0.0
     error: str | None = None
 
@@ -104,9 +105,12 @@ def child_main(
         control.recv()
         stop.set()
 
+    cpu_at_ready = [0.0]
+
     def signal_ready() -> None:
         while not connector.ready.wait(0.1) and not stop.is_set():
             pass
+        cpu_at_ready[0] = _cpu_seconds(resource.getrusage(resource.RUSAGE_SELF))
         ready.set()
 
     threading.Thread(target=wait_for_stop, daemon=True).start()
@@ -123,8 +127,8 @@ def child_main(
     result.timeline = sink.timeline
     result.published = stats.events_published
     result.acknowledged = stats.events_acknowledged
-    result.max_rss_kib = usage.ru_maxrss
-    result.cpu_s = usage.ru_utime + usage.ru_stime
+    result.max_rss_mib = peak_rss_mib()
+    result.cpu_s = _cpu_seconds(usage) - cpu_at_ready[0]
     control.send(result)
 
 
@@ -193,3 +197,7 @@ def _quiet_logging() -> None:
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     logging.basicConfig(level=logging.WARNING)
+
+
+def _cpu_seconds(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime

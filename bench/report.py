@@ -47,19 +47,25 @@ class Report:
         run: When, where and how (mode, seed, sizes, machine, services).
         figures: The figures, in table order.
         details: Scenario-specific raw numbers, kept in the JSON only.
+        notes: Context for reading the table (printed under it and kept in the JSON).
     """
 
     run: dict[str, Any]
     figures: list[Figure] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document (figures carry their ratio)."""
-        return {
-            "run": self.run,
-            "figures": [{**asdict(f), "ratio": f.ratio} for f in self.figures],
-            "details": self.details,
-        }
+        document: dict[str, Any] = _finite(
+            {
+                "run": self.run,
+                "figures": [{**asdict(f), "ratio": f.ratio} for f in self.figures],
+                "details": self.details,
+                "notes": self.notes,
+            }
+        )
+        return document
 
     def markdown(self) -> str:
         """The results table (and a short header naming the run)."""
@@ -69,7 +75,8 @@ class Report:
             "",
             f"seed {run.get('seed')}, {run.get('cpu_count')} CPUs, Python {run.get('python')}, "
             f"PostgreSQL {run.get('postgres', {}).get('version', '?')}, "
-            f"broker: {run.get('broker', '?')}",
+            f"broker: {run.get('broker', '?')}, kafka-python {run.get('kafka_python', '?')} "
+            f"(CRC-32C: {run.get('kafka_python_crc32c', '?')})",
             "",
             "| measure | value | baseline | ratio | target |",
             "|---|---|---|---|---|",
@@ -88,6 +95,8 @@ class Report:
                 f"| {figure.measure} | {_number(figure.value)} {figure.unit} | {baseline} | "
                 f"{ratio} | {target} |"
             )
+        if self.notes:
+            lines += ["", *(f"- {note}" for note in self.notes)]
         return "\n".join(lines) + "\n"
 
     def write(self, directory: Path, stem: str) -> tuple[Path, Path]:
@@ -114,3 +123,14 @@ def _jsonable(value: object) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become ``null`` (JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

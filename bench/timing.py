@@ -68,5 +68,49 @@ def times_reaching(timeline: Sequence[tuple[float, int]], counts: Sequence[int])
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set size, in MiB (Linux reports KiB)."""
+    """This process's peak resident set size, in MiB.
+
+    Linux: ``VmHWM`` from ``/proc/self/status``, the peak of the current program image.
+    ``getrusage().ru_maxrss`` is not used there because it carries over across ``fork`` and
+    ``exec``: a freshly spawned child would report its parent's size at the time of the fork.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+_CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def host_cpu_times() -> tuple[int, ...] | None:
+    """The machine's cumulative CPU times (``/proc/stat``), or ``None`` where unavailable."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    return tuple(int(v) for v in fields[1 : 1 + len(_CPU_FIELDS)])
+
+
+def host_cpu_shares(
+    before: tuple[int, ...] | None, after: tuple[int, ...] | None
+) -> dict[str, float] | None:
+    """Percent of all CPU time between two :func:`host_cpu_times` readings, per kind.
+
+    ``steal`` is time the hypervisor gave to other guests: on a shared VM it explains runs
+    where latency tails grow without the code changing.
+    """
+    if before is None or after is None:
+        return None
+    deltas = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(deltas)
+    if total <= 0:
+        return None
+    return {name: round(100 * d / total, 1) for name, d in zip(_CPU_FIELDS, deltas, strict=True)}

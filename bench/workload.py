@@ -202,3 +202,34 @@ def _copy_field(value: Any) -> str:
         return "t" if value else "f"
     text = str(value)
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
+def paced_writer_main(
+    dsn: str, table: str, rate: float, first_id: int, rows: int, seed: int, go: Any, report: Any
+) -> None:
+    """Entry point of the latency writer process: insert ``rows`` rows, one per transaction.
+
+    The rows get ids ``first_id, first_id + 1, …`` and are committed in that order.
+
+    Row ``i`` is committed no earlier than ``i / rate`` seconds after ``go`` is set (when the
+    writer falls behind it does not skip rows, it catches up). Sends back, through the ``report``
+    pipe, the wall-clock time (``time.time()``) at which each commit returned.
+    """
+    import time
+
+    generator = CustomerGenerator(seed)
+    data = [generator.row(i) for i in range(first_id, first_id + rows)]
+    statement = insert_statement(table)
+    commit_times: list[float] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT 1")
+        report.send("ready")
+        go.wait()
+        started = time.perf_counter()
+        for index, row in enumerate(data):
+            delay = started + index / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            conn.execute(statement, row)
+            commit_times.append(time.time())
+    report.send(commit_times)
