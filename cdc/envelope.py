@@ -374,6 +374,30 @@ def decode_event(topic: str, key: bytes | None, value: bytes | None) -> DecodedE
     )
 
 
+def decoded_from(event: ChangeEvent) -> DecodedEvent:
+    """The decoded form of an in-memory event, without a JSON round trip (embedded transport).
+
+    Raises:
+        EnvelopeError: The event is not a row change (a heartbeat or a transaction marker).
+    """
+    value = event.value
+    if value is None:
+        return DecodedEvent(event.topic, event.key, None, None, None, {}, None)
+    op = value.get("op")
+    if op not in _OPS:
+        raise EnvelopeError(f"{event.topic}: not a change event (no op)")
+    return DecodedEvent(
+        topic=event.topic,
+        key=event.key,
+        op=op,
+        before=value["before"],
+        after=value["after"],
+        source=value["source"],
+        ts_ms=value.get("ts_ms"),
+        row_schema=_row_schema(event.value_schema),
+    )
+
+
 def _loads(topic: str, part: str, data: bytes) -> Any:
     try:
         return json.loads(data)

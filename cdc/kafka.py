@@ -16,11 +16,19 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 import structlog
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import (
+    ConsumerRebalanceListener,
+    KafkaAdminClient,
+    KafkaConsumer,
+    KafkaProducer,
+    OffsetAndMetadata,
+    TopicPartition,
+)
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -276,6 +284,111 @@ class KafkaOffsetStore:
             raise SinkError(f"could not save connector offset to {self._topic}: {exc}") from exc
         finally:
             producer.close()
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedRecord:
+    """One record read from Kafka, as bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def partition_stream(topic: str, partition: int) -> str:
+    """The name positions of a topic partition are stored under."""
+    return f"kafka:{topic}:{partition}"
+
+
+class KafkaEventSource:
+    """A member of the engine's consumer group over the change-event topics.
+
+    Positions live in two places: Kafka's committed offsets (so any Kafka tool shows the lag) and
+    the store (committed with the effects, so they are exact). On assignment the consumer seeks to
+    the store's position, which wins: Kafka's offset commit happens after the store commit and may
+    be lost in a crash, the store's cannot.
+
+    Args:
+        config: The Kafka transport settings (``group_id`` names the group).
+        topics: The topics to consume.
+        stored_positions: Returns stream → last applied offset, from the store.
+    """
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        topics: Sequence[str],
+        stored_positions: Callable[[], dict[str, int]],
+        max_poll_interval_ms: int = 300_000,
+    ) -> None:
+        self._stored_positions = stored_positions
+        try:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=config.bootstrap_servers,
+                group_id=config.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_interval_ms=max_poll_interval_ms,
+                **_client_options(config),
+            )
+            self._consumer.subscribe(list(topics), listener=_SeekToStored(self))
+        except KafkaError as exc:
+            raise SinkError(f"cannot reach Kafka at {config.bootstrap_servers}: {exc}") from exc
+
+    def poll(self, max_records: int, timeout_s: float) -> list[ConsumedRecord]:
+        """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as exc:
+            raise SinkError(f"kafka poll failed: {exc}") from exc
+        return [
+            ConsumedRecord(r.topic, r.partition, r.offset, r.key, r.value)
+            for records in batches.values()
+            for r in records
+        ]
+
+    def commit(self, records: Sequence[ConsumedRecord]) -> None:
+        """Commit, to Kafka, the offsets after these records (call after the store commit)."""
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            if tp not in offsets or offsets[tp].offset <= r.offset:
+                offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets)
+        except KafkaError as exc:
+            # Harmless: the store holds the exact positions and is used on the next assignment.
+            log.warning("kafka.commit_failed", error=str(exc))
+
+    def _seek_to_stored(self, assigned: Sequence[TopicPartition]) -> None:
+        positions = self._stored_positions()
+        for tp in assigned:
+            applied = positions.get(partition_stream(tp.topic, tp.partition))
+            if applied is not None:
+                self._consumer.seek(tp, applied + 1)
+        log.info(
+            "kafka.partitions_assigned",
+            partitions=[partition_stream(tp.topic, tp.partition) for tp in assigned],
+        )
+
+    def close(self) -> None:
+        """Leave the group (its partitions are reassigned to the other members)."""
+        self._consumer.close()
+
+
+class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaEventSource) -> None:
+        self._source = source
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        pass  # nothing buffered between polls: each batch is committed before the next poll
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self._source._seek_to_stored(assigned)
 
 
 def _client_options(config: KafkaConfig) -> dict[str, Any]:

@@ -8,22 +8,16 @@ it and an operator must act.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_when_event_set,
-    wait_exponential_jitter,
-)
 
 from unified_profile.cdc.config import CaptureConfig, KafkaConfig, SourceConfig
 from unified_profile.cdc.connector import Connector, heartbeat_topic, table_topic
 from unified_profile.cdc.errors import CaptureError, SinkError, SourceError
 from unified_profile.cdc.kafka import KafkaOffsetStore, KafkaSink, ensure_topics
+
+from .retry import retry_transient
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +53,7 @@ class CaptureService:
             topics.append(heartbeat_topic(source.name))
             if source.provide_transaction_metadata:
                 topics.append(f"{source.name}.transaction")
-        _retry_transient(self._stop, "kafka.topics", lambda: ensure_topics(
+        retry_transient(self._stop, "kafka.topics", lambda: ensure_topics(
             self.kafka, topics, compacted=[self.kafka.offsets_topic]))
         for source in self.sources:
             thread = threading.Thread(
@@ -79,7 +73,7 @@ class CaptureService:
                 sink.close()
 
         try:
-            _retry_transient(self._stop, f"cdc.{source.name}", attempt)
+            retry_transient(self._stop, f"cdc.{source.name}", attempt)
         except (SourceError, SinkError) as exc:
             if not self._stop.is_set():
                 raise
@@ -103,25 +97,3 @@ class CaptureService:
     def stopping(self) -> bool:
         """Whether :meth:`stop` was called (or a connector failed for good)."""
         return self._stop.is_set()
-
-
-def _retry_transient(stop: threading.Event, what: str, action: Callable[[], None]) -> None:
-    def log_retry(state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        log.warning("retrying", what=what, attempt=state.attempt_number, error=str(error),
-                    next_in_s=round(state.upcoming_sleep, 1))
-
-    def sleep(seconds: float) -> None:
-        stop.wait(seconds)  # wakes early on shutdown
-
-    retrying = Retrying(
-        retry=retry_if_exception_type((SourceError, SinkError)),
-        wait=wait_exponential_jitter(initial=0.5, max=30),
-        stop=stop_when_event_set(stop),
-        sleep=sleep,
-        before_sleep=log_retry,
-        reraise=True,
-    )
-    for attempt in retrying:
-        with attempt:
-            action()

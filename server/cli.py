@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from types import FrameType
 
@@ -18,7 +19,11 @@ from unified_profile.cdc.config import KafkaConfig, load_capture_config
 from unified_profile.cdc.errors import ConfigError, PreflightError
 
 from .capture import CaptureService
+from .config import load_service_config
+from .ingest.service import StoreNotMigrated, open_store, run_kafka_engine
 from .logs import configure_logging
+from .retry import retry_transient
+from .store import migrate
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_PREFLIGHT = 0, 1, 2, 3
 
@@ -31,27 +36,49 @@ def build_parser() -> argparse.ArgumentParser:
         prog="unified-profile",
         description="One real-time customer record shared by a CRM and a loyalty platform.",
     )
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", choices=["json", "console"],
-                        help="default: console on a terminal, JSON lines otherwise")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["json", "console"],
+        help="default: console on a terminal, JSON lines otherwise",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     cdc = commands.add_parser(
         "cdc", help="capture source databases as Debezium change events into Kafka"
     )
     cdc.add_argument("--config", required=True, help="the TOML configuration file")
-    cdc.add_argument("--source", action="append",
-                     help="capture only this source (repeatable; default: every source)")
+    cdc.add_argument(
+        "--source",
+        action="append",
+        help="capture only this source (repeatable; default: every source)",
+    )
+    migrate = commands.add_parser("migrate", help="create or upgrade the profile store's schema")
+    migrate.add_argument("--config", required=True, help="the TOML configuration file")
+    engine = commands.add_parser(
+        "engine", help="apply change events from Kafka to the profile store (a consumer group)"
+    )
+    engine.add_argument("--config", required=True, help="the TOML configuration file")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unified-profile`` console script."""
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level, None if args.log_format is None else args.log_format == "json")
+    configure_logging(
+        args.log_level, None if args.log_format is None else args.log_format == "json"
+    )
     try:
         if args.command == "cdc":
             return _run_cdc(args)
+        if args.command == "migrate":
+            return _run_migrate(args)
+        if args.command == "engine":
+            return _run_engine(args)
+    except StoreNotMigrated as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_PREFLIGHT
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -64,10 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_cdc(args: argparse.Namespace) -> int:
     config = load_capture_config(args.config)
     if not isinstance(config.transport, KafkaConfig):
-        raise ConfigError(args.config, [(
-            "transport.kind",
-            'the cdc command publishes to Kafka: set kind = "kafka" and bootstrap_servers',
-        )])
+        raise ConfigError(
+            args.config,
+            [
+                (
+                    "transport.kind",
+                    'the cdc command publishes to Kafka: set kind = "kafka" and bootstrap_servers',
+                )
+            ],
+        )
     sources = [config.source(name) for name in args.source] if args.source else config.sources
     service = CaptureService(config, sources)
 
@@ -87,6 +119,34 @@ def _run_cdc(args: argparse.Namespace) -> int:
         print(f"error: {service.failure}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _run_migrate(args: argparse.Namespace) -> int:
+    config = load_service_config(args.config)
+    migrate.upgrade(config.store.dsn)
+    log.info("store.migrated", revision=migrate.HEAD_REVISION)
+    return EXIT_OK
+
+
+def _run_engine(args: argparse.Namespace) -> int:
+    config = load_service_config(args.config)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    store = open_store(config)
+    try:
+        retry_transient(stop, "engine", lambda: run_kafka_engine(config, store, stop))
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("stop_requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
 
 
 if __name__ == "__main__":

@@ -443,8 +443,8 @@ def test_a_second_connector_on_the_same_slot_is_refused(
     execute(dsn, "CREATE TABLE customers (id int PRIMARY KEY)",
             "ALTER TABLE customers REPLICA IDENTITY FULL")
     config = capture_config(unique_name("crm"), dsn, kafka_bootstrap, ["customers"])
-    with running_connector(config):
-        with pytest.raises(PreflightError) as refused, running_connector(config):
-            pass
+    with running_connector(config), pytest.raises(PreflightError) as refused, \
+            running_connector(config):
+        pass
     assert "is in use by server process" in str(refused.value)
     assert "another connector" in str(refused.value)

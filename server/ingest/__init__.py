@@ -1,0 +1,1 @@
+"""Ingest: turning change events into stored profiles (one transaction per batch)."""

@@ -1,0 +1,315 @@
+"""Applying new record images to the stored profiles, inside one store transaction.
+
+For a batch of changed records the applier gathers the part of the identity graph they can affect
+(records sharing an identifier with them, old or new, and every record of the profiles they were
+in), recomputes who is the same person with the pure engine, and turns the difference into
+profile rows and change-log entries:
+
+- profile ids are stable: a cluster keeps the id of the oldest profile whose records it inherits
+  (a profile's heir is the cluster holding most of its records); other inherited ids become
+  aliases (MERGED); a cluster that inherits no id gets a new one, derived from its smallest record
+  key so that the same history always produces the same ids (CREATED, and SPLIT on the profile it
+  came from);
+- a profile whose records are all gone is DELETED;
+- field values are recomputed from the cluster's records (survivorship); only value changes are
+  logged (UPDATED), so a recomputation that changes nothing emits nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine.identity import (
+    IdentifierType,
+    IdentityResolution,
+    LinkOverride,
+    resolve_identities,
+)
+from ..engine.mapping import fill_unavailable
+from ..engine.records import Identifier, RecordKey, SourceRecord
+from ..engine.survivorship import FieldValue, RuleSet, merge_fields
+from ..store.profile_store import ChangeRow, StoreBatch, StoredProfile, StoredRecord
+
+_ID_NAMESPACE = uuid.UUID("8d6f3a52-4f4e-4c1e-9d7a-2b1f0c6e5a31")
+_MAX_COMPONENT_ROUNDS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingRecord:
+    """A new record image and what caused it (for the change log)."""
+
+    record: SourceRecord
+    cause: dict[str, Any]
+
+
+class ProfileApplier:
+    """Recomputes the profiles a batch of record images affects."""
+
+    def __init__(self, identifier_types: Mapping[str, IdentifierType], rules: RuleSet) -> None:
+        self._types = identifier_types
+        self._rules = rules
+
+    def apply(self, batch: StoreBatch, incoming: Sequence[IncomingRecord]) -> list[ChangeRow]:
+        """Store the images, recompute affected profiles, append the change log; return it."""
+        latest: dict[RecordKey, IncomingRecord] = {}
+        for item in incoming:
+            current = latest.get(item.record.key)
+            if current is None or item.record.position >= current.record.position:
+                latest[item.record.key] = item
+        stored = batch.load_records(latest.keys())
+        # A redelivered or older image (position not newer than the stored one) changes nothing.
+        changed = {
+            key: _with_unavailable_filled(item, stored.get(key))
+            for key, item in latest.items()
+            if key not in stored or item.record.position > stored[key].record.position
+        }
+        if not changed:
+            return []
+        known = self._gather_component(batch, changed, stored)
+        images = {key: known[key].record for key in known}
+        images.update({key: item.record for key, item in changed.items()})
+        overrides = [
+            LinkOverride(kind, a, b)  # type: ignore[arg-type]
+            for kind, a, b in batch.load_overrides(images.keys())
+        ]
+        resolution = resolve_identities(images.values(), self._types, overrides)
+        plan = _Plan(batch, self._rules, changed, known, images, resolution)
+        return plan.execute()
+
+    def _gather_component(
+        self,
+        batch: StoreBatch,
+        changed: Mapping[RecordKey, IncomingRecord],
+        stored: Mapping[RecordKey, StoredRecord],
+    ) -> dict[RecordKey, StoredRecord]:
+        known: dict[RecordKey, StoredRecord] = dict(stored)
+        identifiers: set[Identifier] = set()
+        profiles: set[str] = set()
+        for key, item in changed.items():
+            identifiers |= item.record.identifiers
+            if key in stored:
+                identifiers |= stored[key].record.identifiers
+                if (profile_id := stored[key].profile_id) is not None:
+                    profiles.add(profile_id)
+        seen_identifiers: set[Identifier] = set()
+        seen_profiles: set[str] = set()
+        for _ in range(_MAX_COMPONENT_ROUNDS):
+            new_identifiers, new_profiles = identifiers - seen_identifiers, profiles - seen_profiles
+            if not new_identifiers and not new_profiles:
+                break
+            seen_identifiers |= new_identifiers
+            seen_profiles |= new_profiles
+            keys = batch.records_sharing(new_identifiers) | batch.records_of_profiles(new_profiles)
+            override_keys = {k for _, a, b in batch.load_overrides(keys) for k in (a, b)}
+            missing = (keys | override_keys) - known.keys() - changed.keys()
+            for key, found in batch.load_records(missing).items():
+                known[key] = found
+                identifiers |= found.record.identifiers
+                if found.profile_id:
+                    profiles.add(found.profile_id)
+        return known
+
+
+class _Plan:
+    """The effects of one recomputation, built in a deterministic order."""
+
+    def __init__(
+        self,
+        batch: StoreBatch,
+        rules: RuleSet,
+        changed: Mapping[RecordKey, IncomingRecord],
+        known: Mapping[RecordKey, StoredRecord],
+        images: Mapping[RecordKey, SourceRecord],
+        resolution: IdentityResolution,
+    ) -> None:
+        self.batch = batch
+        self.rules = rules
+        self.changed = changed
+        self.images = images
+        self.resolution = resolution
+        self.old_profile = {key: stored.profile_id for key, stored in known.items()}
+        old_ids = sorted({p for p in self.old_profile.values() if p})
+        self.old_profiles = batch.load_profiles(old_ids)
+        self.rows: list[ChangeRow] = []
+        self.profiles: list[StoredProfile] = []
+        self.retired: dict[str, str | None] = {}
+        self.assignment: dict[RecordKey, str | None] = {}
+
+    def execute(self) -> list[ChangeRow]:
+        heirs = self._heirs()
+        claimed: set[str] = set()
+        plans: list[tuple[frozenset[RecordKey], list[str], str]] = []
+        for cluster in self.resolution.clusters:
+            inherited = sorted(
+                (p for p, heir in heirs.items() if heir == cluster),
+                key=lambda p: (self.old_profiles[p].created_sequence, p),
+            )
+            survivor = inherited[0] if inherited else self._new_id(cluster, claimed)
+            claimed.add(survivor)
+            plans.append((cluster, inherited, survivor))
+        # Splits first, so a subscriber reads "split, created, updated" in that order.
+        for cluster, inherited, survivor in plans:
+            if not inherited:
+                for parent in self._parents(cluster):
+                    self._append(
+                        parent, "SPLIT", {}, {"split_into": survivor}, self._causes(cluster)
+                    )
+        for cluster, inherited, survivor in plans:
+            self._apply_cluster(cluster, inherited, survivor)
+        for profile_id in sorted(self.old_profiles):
+            if profile_id not in heirs:
+                self._append(profile_id, "DELETED", {}, {}, self._causes(self._members(profile_id)))
+                self.retired[profile_id] = None
+        self._write()
+        return self.rows
+
+    def _parents(self, cluster: frozenset[RecordKey]) -> list[str]:
+        return sorted({p for k in cluster if (p := self.old_profile.get(k))})
+
+    def _heirs(self) -> dict[str, frozenset[RecordKey]]:
+        """Old profile → the new cluster that holds most of its (still live) records."""
+        heirs: dict[str, frozenset[RecordKey]] = {}
+        for profile_id in self.old_profiles:
+            counts: dict[frozenset[RecordKey], int] = {}
+            for key in self._members(profile_id):
+                cluster = self.resolution.by_record.get(key)
+                if cluster is not None:
+                    counts[cluster] = counts.get(cluster, 0) + 1
+            if counts:
+                heirs[profile_id] = min(counts, key=lambda c: (-counts[c], min(c)))
+        return heirs
+
+    def _members(self, profile_id: str) -> list[RecordKey]:
+        return sorted(k for k, p in self.old_profile.items() if p == profile_id)
+
+    def _apply_cluster(
+        self, cluster: frozenset[RecordKey], inherited: list[str], survivor: str
+    ) -> None:
+        causes = self._causes(cluster)
+        rows_before = len(self.rows)
+        merged = merge_fields([self.images[k] for k in cluster], self.rules)
+        fields = {path: _field_json(value) for path, value in sorted(merged.items())}
+        identifiers = [
+            list(pair)
+            for pair in sorted(
+                {(i.type, i.value) for k in cluster for i in self.images[k].identifiers}
+            )
+        ]
+        if inherited:
+            before = self.old_profiles[survivor]
+            created_sequence = before.created_sequence
+            for other in inherited[1:]:
+                self._append(survivor, "MERGED", {}, {"merged": other}, causes)
+                self.retired[other] = survivor
+            changes = _diff(before.fields, fields)
+            if changes:
+                self._append(survivor, "UPDATED", changes, {}, causes)
+        else:
+            parents = self._parents(cluster)
+            self._append(
+                survivor,
+                "CREATED",
+                _diff({}, fields),
+                {"split_from": parents[0]} if parents else {},
+                causes,
+            )
+            created_sequence = self.batch.head + len(self.rows)
+        touched = len(self.rows) > rows_before
+        self.profiles.append(
+            StoredProfile(
+                profile_id=survivor,
+                fields=fields,
+                identifiers=identifiers,
+                record_count=len(cluster),
+                created_sequence=created_sequence,
+                updated_sequence=(
+                    self.batch.head + len(self.rows)
+                    if touched
+                    else self.old_profiles[survivor].updated_sequence
+                ),
+            )
+        )
+        for key in cluster:
+            self.assignment[key] = survivor
+
+    def _new_id(self, cluster: frozenset[RecordKey], claimed: set[str]) -> str:
+        seed = str(min(cluster))
+        for attempt in range(1000):
+            name = seed if attempt == 0 else f"{seed}#{attempt}"
+            candidate = "p_" + uuid.uuid5(_ID_NAMESPACE, name).hex[:24]
+            if candidate not in claimed and not self.batch.profile_ids_taken([candidate]):
+                return candidate
+        raise RuntimeError(f"could not find a free profile id for {seed}")
+
+    def _causes(self, keys: Any) -> list[dict[str, Any]]:
+        return [self.changed[k].cause for k in sorted(keys) if k in self.changed]
+
+    def _append(
+        self,
+        profile_id: str,
+        kind: str,
+        changes: dict[str, Any],
+        related: dict[str, Any],
+        cause: list[dict[str, Any]],
+    ) -> None:
+        self.rows.append(ChangeRow(profile_id, kind, changes, related, cause))
+
+    def _write(self) -> None:
+        batch = self.batch
+        changed_records = [
+            (item.record, None if item.record.deleted else self.assignment.get(key))
+            for key, item in sorted(self.changed.items())
+        ]
+        batch.save_records(changed_records)
+        moved = {
+            key: profile
+            for key, profile in sorted(self.assignment.items())
+            if key not in self.changed and self.old_profile.get(key) != profile
+        }
+        batch.set_record_profiles(moved)
+        head_before = batch.head
+        batch.append_changes(self.rows)
+        batch.retire_profiles(self.retired, head_before + len(self.rows))
+        batch.save_profiles(self.profiles)
+        batch.save_conflicts(
+            (c.identifier, [str(k) for k in c.records], c.reason)
+            for c in self.resolution.conflicts
+            if isinstance(c.identifier, Identifier)
+        )
+
+
+def _with_unavailable_filled(item: IncomingRecord, stored: StoredRecord | None) -> IncomingRecord:
+    """Unchanged TOASTed columns the event did not carry keep their stored values."""
+    record = fill_unavailable(item.record, stored.record if stored else None)
+    return item if record is item.record else IncomingRecord(record, item.cause)
+
+
+def _field_json(value: FieldValue) -> dict[str, Any]:
+    return {
+        "value": value.value,
+        "provenance": [
+            {
+                "source": p.source,
+                "table": p.table,
+                "record_key": p.record_key,
+                "version": p.version,
+                "commit_time_us": p.commit_time_us,
+                "rule": p.rule,
+            }
+            for p in value.provenance
+        ],
+    }
+
+
+def _diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """Changed field paths with old and new values (provenance-only changes are not changes)."""
+    changes: dict[str, Any] = {}
+    for path in sorted(before.keys() | after.keys()):
+        old = before.get(path, {}).get("value")
+        new = after.get(path, {}).get("value")
+        if old != new:
+            changes[path] = {"old": old, "new": new}
+    return changes

@@ -1,0 +1,38 @@
+"""The configured mapping as the pipeline's :class:`~.pipeline.EventMapper`."""
+
+from __future__ import annotations
+
+from unified_profile.cdc.envelope import DecodedEvent
+
+from ..engine.mapping import MappingConfig, MappingError
+from ..engine.records import SourceRecord
+from .pipeline import MappingFailed, TableTruncated
+
+
+class ConfiguredMapper:
+    """Maps events of the configured tables; anything else is a dead letter."""
+
+    def __init__(self, mapping: MappingConfig) -> None:
+        self._mapping = mapping
+
+    def map_event(self, event: DecodedEvent) -> SourceRecord | TableTruncated | None:
+        """The record image an event leaves behind (``None`` for a tombstone)."""
+        if event.is_tombstone:
+            return None  # the delete before it already removed the row
+        found = self._mapping.for_topic(event.topic)
+        if found is None:
+            raise MappingFailed(
+                f"{event.topic}: no [[sources.tables]] mapping for this topic's table"
+            )
+        source, table = found
+        if event.op == "t":
+            return TableTruncated(
+                source,
+                f"{event.source.get('schema')}.{event.source.get('table')}",
+                event.lsn or 0,
+                int(event.source.get("ts_us") or 0),
+            )
+        try:
+            return table.map_event(source, event)
+        except MappingError as exc:
+            raise MappingFailed(str(exc)) from exc

@@ -1,0 +1,185 @@
+"""One batch of change events → one store transaction.
+
+Whatever the transport (Kafka partitions or the embedded in-memory hand-over), a batch is decoded,
+mapped and applied, and its stream positions are written in the same transaction as its effects:
+after a crash the store says exactly which events it has, and a redelivered event changes nothing.
+An event that cannot be decoded or mapped is kept as a dead letter, with the reason, in that same
+transaction; the batch goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from unified_profile.cdc.envelope import DecodedEvent, decode_event
+from unified_profile.cdc.errors import EnvelopeError
+
+from ..engine.records import SourceRecord
+from ..store.profile_store import ChangeRow, ProfileStore, StoreBatch, StoreError
+from .applier import IncomingRecord, ProfileApplier
+
+log = structlog.get_logger(__name__)
+
+
+class MappingFailed(Exception):
+    """An event that decoded but cannot become a source record (the message says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TableTruncated:
+    """A truncate: every live record of the table is deleted at this position."""
+
+    source: str
+    table: str
+    position: int
+    commit_time_us: int
+
+
+class EventMapper(Protocol):
+    """Turns a decoded change event into a source record (``None``: nothing to apply)."""
+
+    def map_event(self, event: DecodedEvent) -> SourceRecord | TableTruncated | None:
+        """Map one event; raise :class:`MappingFailed` (or a subclass) when it cannot be mapped."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One event as a transport delivers it.
+
+    Attributes:
+        stream: Where positions are counted: ``kafka:<topic>:<partition>`` or ``source:<name>``.
+        position: The event's position in its stream (Kafka offset, or the source LSN).
+        topic: The topic (or ``<prefix>.<schema>.<table>`` for the embedded transport).
+        key: The raw record key (Kafka), if the event is not decoded yet.
+        value: The raw record value (Kafka), if the event is not decoded yet.
+        decoded: The event already decoded (embedded transport).
+    """
+
+    stream: str
+    position: int
+    topic: str
+    key: bytes | None = None
+    value: bytes | None = None
+    decoded: DecodedEvent | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one applied batch did."""
+
+    events: int
+    records: int
+    dead_letters: int
+    changes: list[ChangeRow] = field(default_factory=list)
+    head: int = 0
+
+
+class IngestPipeline:
+    """Applies batches of stream events to the profile store.
+
+    Args:
+        store: The profile store.
+        mapper: Decoded event → source record.
+        applier: Recomputes profiles inside the batch's transaction.
+        consumer: The name positions are stored under (the Kafka group id, or ``embedded``).
+    """
+
+    def __init__(
+        self, store: ProfileStore, mapper: EventMapper, applier: ProfileApplier, consumer: str
+    ) -> None:
+        self._store = store
+        self._mapper = mapper
+        self._applier = applier
+        self.consumer = consumer
+
+    def apply(self, events: Sequence[StreamEvent]) -> BatchResult:
+        """Decode, map and apply ``events`` in one transaction (retried on transient failures).
+
+        Raises:
+            StoreError: The store kept failing; nothing of the batch was committed.
+        """
+        incoming: list[IncomingRecord] = []
+        truncates: list[tuple[TableTruncated, dict[str, object]]] = []
+        dead: list[tuple[StreamEvent, str]] = []
+        positions: dict[str, int] = {}
+        for event in events:
+            positions[event.stream] = max(positions.get(event.stream, -1), event.position)
+            try:
+                decoded = event.decoded or decode_event(event.topic, event.key, event.value)
+                record = self._mapper.map_event(decoded)
+            except (EnvelopeError, MappingFailed) as exc:
+                dead.append((event, str(exc)))
+                log.warning(
+                    "ingest.dead_letter",
+                    topic=event.topic,
+                    stream=event.stream,
+                    position=event.position,
+                    reason=str(exc),
+                )
+                continue
+            if isinstance(record, TableTruncated):
+                truncates.append((record, _cause(decoded, event)))
+            elif record is not None:
+                incoming.append(IncomingRecord(record, _cause(decoded, event)))
+        for attempt in Retrying(
+            retry=retry_if_exception_type(StoreError),
+            wait=wait_exponential_jitter(initial=0.1, max=5),
+            stop=stop_after_attempt(5),
+            reraise=True,
+        ):
+            with attempt, self._store.batch() as batch:
+                changes = self._applier.apply(batch, _expand(batch, truncates) + incoming)
+                for event, reason in dead:
+                    batch.add_dead_letter(
+                        self.consumer,
+                        event.stream,
+                        event.position,
+                        event.topic,
+                        event.key,
+                        event.value,
+                        reason,
+                    )
+                batch.save_positions(self.consumer, positions)
+                head = batch.head
+        return BatchResult(len(events), len(incoming), len(dead), changes, head)
+
+    def positions(self) -> dict[str, int]:
+        """The last applied position of each stream, as committed in the store."""
+        return self._store.load_positions(self.consumer)
+
+
+def _expand(
+    batch: StoreBatch, truncates: list[tuple[TableTruncated, dict[str, object]]]
+) -> list[IncomingRecord]:
+    """Deleted images, at the truncate's position, of every live record of truncated tables."""
+    deleted: list[IncomingRecord] = []
+    for truncate, cause in truncates:
+        for key in batch.live_records_of_table(truncate.source, truncate.table):
+            record = SourceRecord(
+                key,
+                commit_time_us=truncate.commit_time_us,
+                position=truncate.position,
+                deleted=True,
+            )
+            deleted.append(IncomingRecord(record, cause))
+    return deleted
+
+
+def _cause(decoded: DecodedEvent, event: StreamEvent) -> dict[str, object]:
+    source = decoded.source
+    return {
+        "source": source.get("name"),
+        "table": f"{source.get('schema')}.{source.get('table')}",
+        "key": decoded.key,
+        "op": decoded.op,
+        "lsn": source.get("lsn"),
+        "commit_time_us": source.get("ts_us") or (source.get("ts_ms") or 0) * 1000,
+        "stream": event.stream,
+        "position": event.position,
+    }

@@ -1,0 +1,43 @@
+"""Schema migrations (Alembic), run from code: ``unified-profile migrate`` and the test suite.
+
+No ``alembic.ini``: the script location is this package, and the connection is handed to the
+environment, so migrating needs nothing but the store's DSN.
+"""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine
+
+from .engine import create_store_engine
+
+_SCRIPT_LOCATION = "unified_profile.server.store:migrations"
+HEAD_REVISION = "0001"
+"""The schema revision this version of the code reads and writes."""
+
+
+def upgrade(dsn: str, revision: str = "head") -> None:
+    """Bring the store's schema to ``revision`` (default: the newest)."""
+    engine = create_store_engine(dsn)
+    try:
+        upgrade_engine(engine, revision)
+    finally:
+        engine.dispose()
+
+
+def upgrade_engine(engine: Engine, revision: str = "head") -> None:
+    """Migrate through an existing engine (the caller owns it)."""
+    with engine.begin() as connection:
+        config = Config()
+        config.set_main_option("script_location", _SCRIPT_LOCATION)
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the store is at, or ``None`` if it was never migrated."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()

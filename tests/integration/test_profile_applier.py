@@ -1,0 +1,151 @@
+"""Record images applied to the real profile store: merges, splits, deletes, redeliveries."""
+
+from __future__ import annotations
+
+import pytest
+
+from unified_profile.server.engine.identity import IdentifierType
+from unified_profile.server.engine.records import Identifier, RecordKey, SourceRecord
+from unified_profile.server.engine.survivorship import Rule, RuleSet
+from unified_profile.server.ingest.applier import IncomingRecord, ProfileApplier
+from unified_profile.server.store import migrate
+from unified_profile.server.store.profile_store import ProfileStore
+
+pytestmark = pytest.mark.integration
+
+TYPES = {
+    "crm_id": IdentifierType("crm_id", max_per_profile=1),
+    "loyalty_id": IdentifierType("loyalty_id", max_per_profile=1),
+    "email": IdentifierType("email", normalize=("trim", "lower"), max_per_profile=5),
+}
+RULES = RuleSet(
+    default=Rule("last_writer_wins", ("crm", "loyalty")),
+    patterns=(
+        ("person.*", Rule("source_priority", ("crm", "loyalty"))),
+        ("loyalty.*", Rule("source_priority", ("loyalty",))),
+    ),
+)
+
+
+@pytest.fixture
+def store(new_database):
+    dsn = new_database("store")
+    migrate.upgrade(dsn)
+    store = ProfileStore.connect(dsn)
+    yield store
+    store.close()
+
+
+def crm(key: int, position: int, *, email: str | None = None, name: str = "Anne",
+        deleted: bool = False) -> SourceRecord:
+    identifiers = {Identifier("crm_id", str(key))}
+    if email:
+        identifiers.add(Identifier("email", email))
+    return SourceRecord(
+        key=RecordKey.of("crm", "public.customers", {"id": key}),
+        fields={} if deleted else {"person.given_name": name, "contact.email": email},
+        identifiers=frozenset() if deleted else frozenset(identifiers),
+        version=position * 1_000,
+        commit_time_us=position * 1_000,
+        position=position,
+        deleted=deleted,
+    )
+
+
+def member(key: str, position: int, *, crm_id: int | None, tier: str = "gold",
+           points: int = 100) -> SourceRecord:
+    identifiers = {Identifier("loyalty_id", key)}
+    if crm_id is not None:
+        identifiers.add(Identifier("crm_id", str(crm_id)))
+    return SourceRecord(
+        key=RecordKey.of("loyalty", "public.members", {"member_id": key}),
+        fields={"loyalty.tier": tier, "loyalty.points_balance": points,
+                "person.given_name": "Annie"},
+        identifiers=frozenset(identifiers),
+        version=position * 1_000,
+        commit_time_us=position * 1_000,
+        position=position,
+    )
+
+
+def apply(store: ProfileStore, *records: SourceRecord) -> list[tuple[str, str, dict]]:
+    applier = ProfileApplier(TYPES, RULES)
+    with store.batch() as batch:
+        rows = applier.apply(batch, [
+            IncomingRecord(r, {"source": r.key.source, "key": r.key.key, "lsn": r.position})
+            for r in records
+        ])
+    return [(row.profile_id, row.kind, row.related) for row in rows]
+
+
+def values(store: ProfileStore, profile_id: str) -> dict[str, object]:
+    found = store.get_profile(profile_id)
+    assert found is not None
+    return {path: field["value"] for path, field in found[0].fields.items()}
+
+
+def test_crm_and_loyalty_records_of_one_person_become_one_profile(store):
+    [(anne, kind, _)] = apply(store, crm(1, 10, email="anne@example.com"))
+    assert kind == "CREATED"
+    assert apply(store, member("L1", 20, crm_id=1)) == [(anne, "UPDATED", {})]
+    assert values(store, anne) == {
+        "person.given_name": "Anne",          # CRM owns master data
+        "contact.email": "anne@example.com",
+        "loyalty.tier": "gold",               # loyalty owns points and tier
+        "loyalty.points_balance": 100,
+    }
+    assert [c.kind for c in store.read_changes_after(0)] == ["CREATED", "UPDATED"]
+
+
+def test_two_profiles_linked_later_merge_and_the_older_id_survives(store):
+    [(anne, _, _)] = apply(store, crm(1, 10, email="anne@example.com"))
+    [(annie, _, _)] = apply(store, member("L1", 11, crm_id=None))
+    assert anne != annie
+    changes = apply(store, member("L1", 12, crm_id=1))
+    assert changes[0] == (anne, "MERGED", {"merged": annie})
+    profile, was_alias = store.get_profile(annie)
+    assert was_alias and profile.profile_id == anne
+    assert values(store, anne)["loyalty.tier"] == "gold"
+
+
+def test_a_cleared_link_splits_the_profile_and_both_parts_are_right(store):
+    [(anne, _, _)] = apply(store, crm(1, 10, email="anne@example.com"))
+    apply(store, member("L1", 20, crm_id=1, tier="silver"))
+    changes = apply(store, member("L1", 30, crm_id=None, tier="gold"))
+    kinds = [(kind, related) for _, kind, related in changes]
+    assert kinds[0][0] == "SPLIT" and changes[0][0] == anne
+    new_id = kinds[0][1]["split_into"]
+    assert ("CREATED", {"split_from": anne}) in kinds
+    assert "loyalty.tier" not in values(store, anne)
+    assert values(store, new_id)["loyalty.tier"] == "gold"
+    assert values(store, new_id)["person.given_name"] == "Annie"
+
+
+def test_a_household_email_does_not_merge_two_crm_customers(store):
+    apply(store, crm(1, 10, email="family@example.com", name="Anne"))
+    apply(store, crm(2, 11, email="family@example.com", name="Bob"))
+    profiles = store.all_profiles()
+    assert len(profiles) == 2
+
+
+def test_redelivered_and_older_images_change_nothing(store):
+    apply(store, crm(1, 10, email="anne@example.com"))
+    head = store.head_sequence()
+    assert apply(store, crm(1, 10, email="anne@example.com")) == []
+    assert apply(store, crm(1, 5, email="old@example.com", name="Old")) == []
+    assert store.head_sequence() == head
+
+
+def test_deleting_the_last_record_deletes_the_profile(store):
+    [(anne, _, _)] = apply(store, crm(1, 10, email="anne@example.com"))
+    assert apply(store, crm(1, 11, deleted=True)) == [(anne, "DELETED", {})]
+    assert store.get_profile(anne) is None
+
+
+def test_change_log_sequences_are_gap_free_across_batches(store):
+    apply(store, crm(1, 10, email="a@example.com"))
+    apply(store, crm(2, 11, email="b@example.com"), member("L2", 12, crm_id=2))
+    apply(store, crm(1, 13, email="a2@example.com"))
+    sequences = [c.sequence for c in store.read_changes_after(0)]
+    assert sequences == list(range(1, len(sequences) + 1))
+    assert store.head_sequence() == sequences[-1]
