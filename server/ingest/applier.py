@@ -39,10 +39,15 @@ _MAX_COMPONENT_ROUNDS = 50
 
 @dataclass(frozen=True, slots=True)
 class IncomingRecord:
-    """A new record image and what caused it (for the change log)."""
+    """A record image to apply and what caused it (for the change log).
+
+    ``force`` recomputes the record's profile even if the image is not newer than the stored one
+    (a steward override changed how records link, not the records themselves).
+    """
 
     record: SourceRecord
     cause: dict[str, Any]
+    force: bool = False
 
 
 class ProfileApplier:
@@ -64,7 +69,9 @@ class ProfileApplier:
         changed = {
             key: _with_unavailable_filled(item, stored.get(key))
             for key, item in latest.items()
-            if key not in stored or item.record.position > stored[key].record.position
+            if key not in stored
+            or item.record.position > stored[key].record.position
+            or item.force
         }
         if not changed:
             return []
@@ -284,7 +291,7 @@ class _Plan:
 def _with_unavailable_filled(item: IncomingRecord, stored: StoredRecord | None) -> IncomingRecord:
     """Unchanged TOASTed columns the event did not carry keep their stored values."""
     record = fill_unavailable(item.record, stored.record if stored else None)
-    return item if record is item.record else IncomingRecord(record, item.cause)
+    return item if record is item.record else IncomingRecord(record, item.cause, item.force)
 
 
 def _field_json(value: FieldValue) -> dict[str, Any]:

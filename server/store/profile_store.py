@@ -494,6 +494,34 @@ class StoreBatch:
             )
         )
 
+    def save_override(
+        self, kind: str, a: RecordKey, b: RecordKey, actor: str, reason: str
+    ) -> None:
+        """Store a steward's force-link or never-link (replacing any earlier one for the pair)."""
+        first, second = sorted((a, b))
+        statement = insert(t.link_overrides).values(
+            kind=kind, record_a=_key_text(first), record_b=_key_text(second), actor=actor,
+            reason=reason,
+        )
+        self._c.execute(
+            statement.on_conflict_do_update(
+                index_elements=["record_a", "record_b"],
+                set_={"kind": statement.excluded.kind, "actor": statement.excluded.actor,
+                      "reason": statement.excluded.reason, "created_at": func.now()},
+            )
+        )
+
+    def delete_override(self, a: RecordKey, b: RecordKey) -> bool:
+        """Remove the override between two records; ``True`` if there was one."""
+        first, second = sorted((a, b))
+        result = self._c.execute(
+            delete(t.link_overrides).where(
+                t.link_overrides.c.record_a == _key_text(first),
+                t.link_overrides.c.record_b == _key_text(second),
+            )
+        )
+        return bool(result.rowcount)
+
     def save_conflicts(self, conflicts: Iterable[tuple[Identifier, list[str], str]]) -> None:
         """Record shared identifiers that were not used to merge, for stewards to review."""
         rows = [

@@ -149,3 +149,30 @@ def test_change_log_sequences_are_gap_free_across_batches(store):
     sequences = [c.sequence for c in store.read_changes_after(0)]
     assert sequences == list(range(1, len(sequences) + 1))
     assert store.head_sequence() == sequences[-1]
+
+
+def test_steward_force_link_merges_and_never_link_splits_for_good(store):
+    from unified_profile.server.ingest.steward import clear_link_override, set_link_override
+
+    applier = ProfileApplier(TYPES, RULES)
+    apply(store, crm(4, 10, email="family@example.com", name="John"))
+    apply(store, crm(5, 11, email="family@example.com", name="Mary"))
+    apply(store, crm(1, 12, email="anne@example.com"), member("L1", 13, crm_id=1))
+    john, mary = crm(4, 0).key, crm(5, 0).key
+    anne, annes_membership = crm(1, 0).key, member("L1", 0, crm_id=1).key
+
+    changes = set_link_override(store, applier, "force", john, mary, "steward@crm", "same person")
+    assert [c.kind for c in changes][0] == "MERGED"  # then UPDATED: the fields now merge
+    assert len(store.all_profiles()) == 2
+
+    changes = set_link_override(store, applier, "never", anne, annes_membership, "steward@crm",
+                                "different Annes")
+    kinds = [c.kind for c in changes]
+    assert kinds[0] == "SPLIT" and {"CREATED", "UPDATED"} <= set(kinds)
+    # A later change to the membership (still naming crm_id 1) does not undo the decision.
+    apply(store, member("L1", 30, crm_id=1, tier="platinum"))
+    assert len(store.all_profiles()) == 3
+
+    changes = clear_link_override(store, applier, anne, annes_membership, "steward@crm")
+    assert "MERGED" in [c.kind for c in changes]
+    assert len(store.all_profiles()) == 2
