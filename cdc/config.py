@@ -56,7 +56,7 @@ class TableConfig(_Strict):
     """Overrides the source's setting for this table."""
 
     # Mapping keys (the engine validates them): capture only passes them through.
-    version_column: str | None = None
+    version_column: str | dict[str, Any] | None = None
     soft_delete: dict[str, Any] | None = None
     identifiers: dict[str, Any] = Field(default_factory=dict)
     fields: dict[str, Any] = Field(default_factory=dict)

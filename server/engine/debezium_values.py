@@ -20,7 +20,9 @@ Two ways in, one result:
   not the events carry schemas.
 
 Unchanged TOASTed values arrive as a placeholder in several shapes (:func:`is_unavailable`); they
-mean "this column did not change", never a value.
+mean "this column did not change", never a value. :class:`RowReader` reads one event's row: each
+column once, decoded by its schema when there is one, a placeholder replaced by the old row's value
+(``REPLICA IDENTITY FULL``) or by :data:`UNAVAILABLE`.
 """
 
 from __future__ import annotations

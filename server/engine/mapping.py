@@ -234,7 +234,7 @@ class _Plan:
 
     columns: tuple[str, ...]
     multi: bool
-    chain: Chain
+    chain: Chain | None  # None when the spec names no transform
     final: Callable[[Any], Any] | None
     lenient: bool  # on_invalid = "null"
     final_label: str  # names the last step in errors: "as timestamp"
@@ -299,7 +299,9 @@ def _compile_spec(
     label = f"as {kind}" if kind is not None else "identifier"
     chain_options = sorted((k, repr(v)) for k, v in options.items() if k in chain_used)
     chain_key = repr((cols, spec.get("transform"), chain_options))
-    plan = _Plan(cols, columns is not None, chain, final, on_invalid == "null", label, chain_key)
+    plan = _Plan(
+        cols, columns is not None, chain or None, final, on_invalid == "null", label, chain_key
+    )
     return plan, id_type
 
 
@@ -319,7 +321,7 @@ def _evaluate(plan: _Plan, row: RowReader, chained: dict[str, Any]) -> Any:
             return UNAVAILABLE
     value = raw
     try:
-        if plan.chain:
+        if plan.chain is not None:
             # A field and an identifier often run the same chain on the same column (the phone):
             # run it once per event.
             value = chained.get(plan.chain_key, _NOT_RUN)
