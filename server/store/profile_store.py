@@ -25,6 +25,10 @@ from . import schema as t
 from .engine import create_store_engine
 
 
+CHANGE_CHANNEL = "up_change_log"
+"""The LISTEN/NOTIFY channel announcing a new change-log head."""
+
+
 class StoreError(Exception):
     """The store failed (unreachable, or a statement failed); safe to retry the batch."""
 
@@ -453,6 +457,8 @@ class StoreBatch:
         self._c.execute(
             update(t.change_log_head).where(t.change_log_head.c.id == 1).values(sequence=self.head)
         )
+        # Delivered at commit (never for a rolled-back batch): the change feed wakes up and reads.
+        self._c.execute(select(func.pg_notify(CHANGE_CHANNEL, str(self.head))))
         return self.head
 
     def save_positions(self, consumer: str, positions: Mapping[str, int]) -> None:
