@@ -4,18 +4,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv test test-unit test-integration lint typecheck check bench bench-quick clean
+.PHONY: protos check-protos help venv test test-unit test-integration lint typecheck check bench bench-quick clean
 
 help:
 	@echo "make test       create .venv, install, run the whole suite (real PostgreSQL + Kafka-protocol broker)"
-	@echo "make check      ruff + mypy (strict) + the whole suite, exactly what CI runs"
+	@echo "make check      proto drift + ruff + mypy (strict) + the whole suite, exactly what CI runs"
+	@echo "make protos     regenerate the client's protobuf/gRPC modules from protos/"
 	@echo "make bench      capture benchmark, each figure next to its baseline (writes bench/results/)"
 	@echo "make bench-quick the same, small (a smoke run)"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e clients/python -e '.[test]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -29,13 +30,21 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(PY) -m pytest -q tests/integration
 
-lint: $(STAMP)
-	$(VENV)/bin/ruff check cdc server tests bench
+lint: $(STAMP) check-protos
+	$(VENV)/bin/ruff check cdc server tests bench scripts examples clients
+
+protos: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+check-protos: $(STAMP)
+	$(PY) scripts/gen_protos.py --check
 
 typecheck: $(STAMP)
 	@mkdir -p .typecheck/unified_profile
 	@ln -sfn ../../cdc .typecheck/unified_profile/cdc
 	@ln -sfn ../../server .typecheck/unified_profile/server
+	@ln -sfn ../../clients/python/unified_profile/v1 .typecheck/unified_profile/v1
+	@ln -sfn ../clients/python/unified_profile_client .typecheck/unified_profile_client
 	$(VENV)/bin/mypy
 
 check: lint typecheck test

@@ -24,7 +24,6 @@ from ..engine.records import Identifier, RecordKey, SourceRecord
 from . import schema as t
 from .engine import create_store_engine
 
-
 CHANGE_CHANNEL = "up_change_log"
 """The LISTEN/NOTIFY channel announcing a new change-log head."""
 

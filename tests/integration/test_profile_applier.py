@@ -162,7 +162,7 @@ def test_steward_force_link_merges_and_never_link_splits_for_good(store):
     anne, annes_membership = crm(1, 0).key, member("L1", 0, crm_id=1).key
 
     changes = set_link_override(store, applier, "force", john, mary, "steward@crm", "same person")
-    assert [c.kind for c in changes][0] == "MERGED"  # then UPDATED: the fields now merge
+    assert changes[0].kind == "MERGED"  # then UPDATED: the fields now merge
     assert len(store.all_profiles()) == 2
 
     changes = set_link_override(store, applier, "never", anne, annes_membership, "steward@crm",

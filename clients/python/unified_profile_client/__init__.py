@@ -1,0 +1,1 @@
+"""Python client of the unified-profile ProfileService (generated stubs in ``unified_profile.v1``)."""
