@@ -10,6 +10,9 @@ default settings (``decimal.handling.mode=precise``, ``time.precision.mode=adapt
 
 Work is split so that rows are cheap: :func:`build_field_encoder` resolves the type, typmod and
 options of one column once, and the resulting :class:`FieldEncoder` does a few operations per value.
+This module holds the type → schema and converter resolution and the encoder; the converters
+themselves (numbers, money, dates and times, intervals, bits, hstore) are in
+:mod:`.value_converters`, the text parsers they build on in :mod:`.pg_text`.
 
 Where Debezium's behaviour is a conversion failure (it logs a warning and emits ``null`` under its
 default ``event.converting.failure.handling.mode=warn``), this module returns ``None`` as well; where
@@ -18,29 +21,36 @@ Debezium drops a column it cannot map, this module keeps it (see the notes at ea
 
 from __future__ import annotations
 
-import binascii
 import enum
 import hashlib
 import json
-import re
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
 
 from .errors import DecodeError
 from .model import UNCHANGED_TOAST, Column, ColumnValue, PgType
-from .pg_text import (
-    ArrayItems,
-    civil_from_epoch_day,
-    parse_array,
-    parse_date,
-    parse_hstore,
-    parse_interval,
-    parse_time,
-    parse_timestamp,
-    parse_timestamptz,
-    parse_timetz,
+from .pg_text import ArrayItems, parse_array
+from .value_converters import (
+    Convert,
+    base64_text,
+    bits,
+    decimal_converter,
+    epoch_day,
+    float_value,
+    hex_bytea,
+    hstore_json,
+    interval_micros,
+    money_double,
+    money_precise,
+    money_string,
+    numeric_string,
+    time_micros,
+    time_millis,
+    timestamp_micros,
+    timestamp_millis,
+    variable_scale_decimal,
+    zoned_time,
+    zoned_timestamp_converter,
 )
 
 __all__ = ["DecimalHandling", "EncodingOptions", "FieldEncoder", "build_field_encoder"]
@@ -67,9 +77,6 @@ class EncodingOptions:
     decimal_handling: DecimalHandling = DecimalHandling.PRECISE
     unavailable_value_placeholder: str = "__debezium_unavailable_value"
 
-
-Convert = Callable[[str], object]
-"""Turns one value's text into its JSON value; raises ValueError (or similar) on malformed text."""
 
 _PARSE_ERRORS = (ValueError, KeyError, IndexError, OverflowError)
 _MAX_SHOWN = 80
@@ -133,7 +140,9 @@ def _finish(base: Schema, optional: bool, field: str | None = None) -> Schema:
     """Adds ``optional`` (and ``field``) in the key order Kafka's JsonConverter writes."""
     schema: Schema = {key: base[key] for key in ("type", "items", "fields") if key in base}
     schema["optional"] = optional
-    schema.update((key, base[key]) for key in ("name", "version", "doc", "parameters") if key in base)
+    schema.update(
+        (key, base[key]) for key in ("name", "version", "doc", "parameters") if key in base
+    )
     if field is not None:
         schema["field"] = field
     return schema
@@ -141,290 +150,6 @@ def _finish(base: Schema, optional: bool, field: str | None = None) -> Schema:
 
 _STRING: Schema = {"type": "string"}
 _JSON_SCHEMA = _logical("string", "io.debezium.data.Json")
-
-# --- small value helpers --------------------------------------------------------------------
-
-
-_b2a = binascii.b2a_base64
-
-
-def _b64(data: bytes) -> str:
-    # Kafka's JsonConverter writes BYTES as standard base64 with padding (Jackson's default variant).
-    return binascii.b2a_base64(data, newline=False).decode("ascii")
-
-
-def _twos_complement_b64(unscaled: int) -> str:
-    # Java's BigInteger.toByteArray(): the shortest big-endian two's complement with a sign bit.
-    length = (unscaled if unscaled >= 0 else ~unscaled).bit_length() // 8 + 1
-    return _b64(unscaled.to_bytes(length, "big", signed=True))
-
-
-# Jackson (under Kafka's JsonConverter) quotes non-finite numbers, so they appear as JSON strings.
-_NON_FINITE: dict[str, object] = {"NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity"}
-
-
-def _float(text: str) -> object:
-    special = _NON_FINITE.get(text)
-    return float(text) if special is None else special
-
-
-def _hex_bytea(text: str) -> str:
-    if not text.startswith("\\x"):
-        raise ValueError("bytea not in hex format")
-    return _b64(bytes.fromhex(text[2:]))
-
-
-# --- numeric and money ----------------------------------------------------------------------
-
-_NUMERIC_SPECIALS = frozenset({"NaN", "Infinity", "-Infinity"})
-# SpecialValueDecimal.toString() prints the Java enum constant names in string mode.
-_NUMERIC_SPECIAL_STRINGS = {
-    "NaN": "NAN",
-    "Infinity": "POSITIVE_INFINITY",
-    "-Infinity": "NEGATIVE_INFINITY",
-}
-_NUMERIC_TEXT = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-def _unscaled(text: str, scale: int) -> int:
-    """The integer ``text * 10**scale``; fails if that would drop non-zero digits."""
-    dot = text.find(".")
-    if dot < 0:
-        unscaled, fraction_digits = int(text), 0
-    else:
-        unscaled, fraction_digits = int(text[:dot] + text[dot + 1 :]), len(text) - dot - 1
-    shift = scale - fraction_digits
-    if shift > 0:
-        return unscaled * int(10**shift)
-    if shift < 0:
-        unscaled, dropped = divmod(unscaled, int(10 ** (-shift)))
-        if dropped:
-            raise ValueError("more fractional digits than the column's scale")
-    return unscaled
-
-
-def _decimal_converter(scale: int) -> Convert:
-    def convert(text: str) -> object:
-        if text in _NUMERIC_SPECIALS:
-            # Debezium cannot write NaN/Infinity as a Decimal: the conversion fails and the
-            # field is emitted as null (with a warning) under its default failure handling.
-            return None
-        dot = text.find(".")
-        if dot > 0 and len(text) - dot - 1 == scale:  # numeric_out prints exactly `scale` digits
-            unscaled = int(text[:dot] + text[dot + 1 :])
-        else:
-            unscaled = _unscaled(text, scale)
-        # Inlined _twos_complement_b64: this runs for every money-like column value.
-        length = (unscaled if unscaled >= 0 else ~unscaled).bit_length() // 8 + 1
-        return _b2a(unscaled.to_bytes(length, "big", signed=True), newline=False).decode("ascii")
-
-    return convert
-
-
-def _variable_scale_decimal(text: str) -> object:
-    if text in _NUMERIC_SPECIALS:
-        return None  # as for Decimal: Debezium's conversion fails and the field is null
-    # Debezium strips trailing zeros (but never to a negative scale): 1.2300 -> 123 scale 2.
-    dot = text.find(".")
-    if dot < 0:
-        unscaled, scale = int(text), 0
-    else:
-        fraction = text[dot + 1 :].rstrip("0")
-        if not text[dot + 1 :].isdigit():
-            raise ValueError("malformed fraction")
-        unscaled, scale = int(text[:dot] + fraction), len(fraction)
-    length = (unscaled if unscaled >= 0 else ~unscaled).bit_length() // 8 + 1
-    value = _b2a(unscaled.to_bytes(length, "big", signed=True), newline=False).decode("ascii")
-    return {"scale": scale, "value": value}
-
-
-def _numeric_string(text: str) -> object:
-    special = _NUMERIC_SPECIAL_STRINGS.get(text)
-    if special is not None:
-        return special
-    if _NUMERIC_TEXT.fullmatch(text) is None:
-        raise ValueError("malformed numeric")
-    return text  # numeric_out already prints what BigDecimal.toPlainString() would
-
-
-def _money(text: str) -> tuple[bool, str]:
-    """Sign and digits of a money value, dropping currency symbol, grouping and parentheses."""
-    value = text.strip()
-    negative = value[:1] in ("-", "(")
-    digits = "".join(c for c in value if c.isdigit() or c == ".")
-    if not digits or digits.count(".") > 1:
-        raise ValueError("malformed money value")
-    return negative, digits
-
-
-def _money_precise(text: str) -> object:
-    negative, digits = _money(text)
-    # BigDecimal.setScale(2, HALF_UP): round the magnitude half away from zero.
-    dot = digits.find(".")
-    fraction = "" if dot < 0 else digits[dot + 1 :]
-    whole = digits if dot < 0 else digits[:dot]
-    cents = int((whole or "0") + (fraction + "00")[:2])
-    if fraction[2:3] >= "5":
-        cents += 1
-    return _twos_complement_b64(-cents if negative else cents)
-
-
-def _money_string(text: str) -> object:
-    negative, digits = _money(text)
-    if digits.startswith("."):
-        digits = "0" + digits
-    return f"-{digits}" if negative and digits.strip("0.") else digits
-
-
-def _money_double(text: str) -> object:
-    negative, digits = _money(text)
-    return -float(digits) if negative else float(digits)
-
-
-# --- dates and times ------------------------------------------------------------------------
-
-_DAY_US = 86_400_000_000
-_TIMESTAMPTZ_UTC = re.compile(
-    r"(\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])) ((?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d)"
-    r"(?:\.(\d{1,6}))?\+00"
-)
-
-# Debezium maps date 'infinity'/'-infinity' to the LocalDates -5877611-06-21/-22
-# (PostgresValueConverter.POSITIVE/NEGATIVE_INFINITY_LOCAL_DATE), i.e. these epoch days.
-_DATE_INFINITY = {"infinity": -2147472693, "-infinity": -2147472692}
-# ... and timestamp 'infinity'/'-infinity' to pgjdbc's PGStatement.DATE_POSITIVE/NEGATIVE_INFINITY
-# read as microseconds; the millisecond schema gets the same instants in milliseconds.
-_TIMESTAMP_INFINITY_US = {"infinity": 9223372036825200000, "-infinity": -9223372036832400000}
-_TIMESTAMP_INFINITY_MS = {k: v // 1000 for k, v in _TIMESTAMP_INFINITY_US.items()}
-
-
-# Fast paths: values shaped like the common case (years 0001-9999 AD, no BC, no 24:00) go through
-# the C parsers in datetime; anything else goes through pg_text's strict parsers.
-_EPOCH = datetime(1970, 1, 1)
-_EPOCH_ORDINAL = _EPOCH.toordinal()
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _date(text: str) -> object:
-    if len(text) == 10 and text[4] == "-" and text[7] == "-":
-        return date.fromisoformat(text).toordinal() - _EPOCH_ORDINAL
-    special = _DATE_INFINITY.get(text)
-    return parse_date(text) if special is None else special
-
-
-def _time_micros(text: str) -> int:
-    if 8 <= len(text) <= 15 and text[2] == ":" and text[5] == ":" and text[:2] != "24":
-        value = time.fromisoformat(text)
-        if value.tzinfo is None:
-            seconds = (value.hour * 60 + value.minute) * 60 + value.second
-            return seconds * 1_000_000 + value.microsecond
-    return parse_time(text)
-
-
-def _time_millis(text: str) -> object:
-    return _time_micros(text) // 1000
-
-
-def _iso_time(micros: int) -> str:
-    """``HH:MM:SS[.fraction]`` as java.time's ISO_LOCAL_TIME prints it (trailing zeros dropped)."""
-    seconds, fraction = divmod(micros, 1_000_000)
-    minutes, second = divmod(seconds, 60)
-    hour, minute = divmod(minutes, 60)
-    text = f"{hour:02d}:{minute:02d}:{second:02d}"
-    return f"{text}.{fraction:06d}".rstrip("0") if fraction else text
-
-
-def _timetz(text: str) -> object:
-    local, offset_seconds = parse_timetz(text)
-    if local == _DAY_US and offset_seconds == 0:
-        return "24:00:00Z"  # Debezium keeps PostgreSQL's end-of-day boundary (dbz#2100)
-    return _iso_time((local - offset_seconds * 1_000_000) % _DAY_US) + "Z"
-
-
-def _epoch_micros(text: str) -> int:
-    # 4-digit year, a space, and a last character that is a digit: no " BC", no zone, no infinity.
-    if len(text) >= 19 and text[4] == "-" and text[10] == " " and text[-1].isdigit():
-        value = datetime.fromisoformat(text)
-        if value.tzinfo is None:
-            micros: int = (value - _EPOCH) // _MICROSECOND
-            return micros
-    return parse_timestamp(text)
-
-
-def _timestamp_micros(text: str) -> object:
-    special = _TIMESTAMP_INFINITY_US.get(text)
-    return _epoch_micros(text) if special is None else special
-
-
-def _timestamp_millis(text: str) -> object:
-    special = _TIMESTAMP_INFINITY_MS.get(text)
-    return _epoch_micros(text) // 1000 if special is None else special
-
-
-def _zoned_timestamp_converter(width: int) -> Convert:
-    """ZonedTimestamp text in UTC.
-
-    Since Debezium 2.2 (DBZ-5996, DBZ-6163) the PostgreSQL connector prints exactly ``width``
-    fractional digits, the column's precision (6 when unspecified); precision 0 falls back to
-    ISO_OFFSET_DATE_TIME, which drops a zero fraction.
-    """
-    pad = "0" * width
-
-    def convert(text: str) -> object:
-        # The common case (UTC session, 4-digit year AD) is rearranged without any arithmetic:
-        # "2024-03-01 12:34:56.789+00" -> "2024-03-01T12:34:56.789000Z".
-        match = _TIMESTAMPTZ_UTC.fullmatch(text)
-        if match is not None:
-            day, time_of_day, fraction = match.groups()
-            if width > 0:
-                return f"{day}T{time_of_day}.{((fraction or '') + pad)[:width]}Z"
-            return f"{day}T{time_of_day}.{fraction}Z" if fraction else f"{day}T{time_of_day}Z"
-        if text in ("infinity", "-infinity"):
-            return text  # Debezium passes PostgreSQL's infinities through as strings
-        epoch_day, micros = divmod(parse_timestamptz(text), _DAY_US)
-        year, month, day_of_month = civil_from_epoch_day(epoch_day)
-        # java.time's ISO_LOCAL_DATE: 4-digit years zero-padded, '+' above 9999, '-' below 0.
-        y = f"+{year}" if year > 9999 else (f"{year:04d}" if year >= 0 else f"-{-year:04d}")
-        seconds, fraction_us = divmod(micros, 1_000_000)
-        time = _iso_time(seconds * 1_000_000)
-        if width > 0:
-            fraction_text = "." + f"{fraction_us:06d}"[:width]
-        else:
-            fraction_text = f".{fraction_us:06d}".rstrip("0") if fraction_us else ""
-        return f"{y}-{month:02d}-{day_of_month:02d}T{time}{fraction_text}Z"
-
-    return convert
-
-
-def _interval(text: str) -> object:
-    """MicroDuration as Debezium computes it from pgjdbc's PGInterval.
-
-    MicroDuration.durationMicros() works in doubles with 365.25/12 = 30.4375 days per month, so
-    this repeats its arithmetic operation by operation to land on the same (truncated) long.
-    """
-    years, months, days, hours, minutes, whole_seconds, micros = parse_interval(text)
-    seconds = whole_seconds + micros / 1_000_000  # PGInterval.getSeconds()
-    number_of_days = float(years * 12 + months) * 30.4375 + days
-    number_of_seconds = ((number_of_days * 24 + hours) * 60 + minutes) * 60 + seconds
-    return int(number_of_seconds * 1e6)
-
-
-# --- other types ----------------------------------------------------------------------------
-
-
-def _hstore_json(text: str) -> object:
-    # Jackson's compact output; pairs keep hstore_out's order (Debezium's HashMap order differs,
-    # which changes the bytes but not the JSON value).
-    return json.dumps(parse_hstore(text), ensure_ascii=False, separators=(",", ":"))
-
-
-def _bits(text: str) -> object:
-    # BitSet.toByteArray(): little-endian, up to the highest set bit ('00' gives no bytes).
-    if text.strip("01"):
-        raise ValueError("malformed bit string")
-    value = int(text, 2) if text else 0
-    return _b64(value.to_bytes((value.bit_length() + 7) // 8, "little"))
-
 
 _BOOLEANS = {"t": True, "f": False}
 _BIT_BOOLEANS = {"1": True, "0": False}
@@ -471,13 +196,13 @@ def _codec(pg_type: PgType, typmod: int, options: EncodingOptions) -> _Codec:
     if oid == _MONEY:
         return _money_codec(options)
     if oid == _BYTEA:
-        return _Codec({"type": "bytes"}, _hex_bytea, _b64(placeholder.encode()))
+        return _Codec({"type": "bytes"}, hex_bytea, base64_text(placeholder.encode()))
     if oid in (_BIT, _VARBIT):
         # bit without a length is bit(1); unlimited varbit is reported with length Integer.MAX_VALUE.
         length = typmod if typmod >= 0 else (1 if oid == _BIT else 2147483647)
         if length == 1:
             return _Codec({"type": "boolean"}, _BIT_BOOLEANS.__getitem__, None)
-        return _Codec(_logical("bytes", "io.debezium.data.Bits", length=str(length)), _bits, None)
+        return _Codec(_logical("bytes", "io.debezium.data.Bits", length=str(length)), bits, None)
     element = _array_element(pg_type)
     if element is not None:
         return _array(element, typmod, options)
@@ -489,8 +214,10 @@ def _codec(pg_type: PgType, typmod: int, options: EncodingOptions) -> _Codec:
     if extension is not None:
         schema, convert = extension
         toast: object = placeholder
-        if convert is _hstore_json:
-            toast = json.dumps({placeholder: placeholder}, ensure_ascii=False, separators=(",", ":"))
+        if convert is hstore_json:
+            toast = json.dumps(
+                {placeholder: placeholder}, ensure_ascii=False, separators=(",", ":")
+            )
         return _Codec(schema, convert, toast)
     # Unknown type (extension or exotic built-in: geometry, point, pg_lsn, vector, ...). Debezium
     # drops such columns unless include.unknown.datatypes is set; we keep the text as a string
@@ -505,8 +232,8 @@ _SIMPLE: dict[int, tuple[Schema, Convert | None, bool]] = {
     _INT4: ({"type": "int32"}, int, False),
     _INT8: ({"type": "int64"}, int, False),
     _OID: ({"type": "int64"}, int, False),
-    _FLOAT4: ({"type": "float"}, _float, False),
-    _FLOAT8: ({"type": "double"}, _float, False),
+    _FLOAT4: ({"type": "float"}, float_value, False),
+    _FLOAT8: ({"type": "double"}, float_value, False),
     _TEXT: (_STRING, None, True),
     _VARCHAR: (_STRING, None, True),
     _BPCHAR: (_STRING, None, True),
@@ -523,8 +250,8 @@ _SIMPLE: dict[int, tuple[Schema, Convert | None, bool]] = {
     _JSONB: (_JSON_SCHEMA, None, True),
     _XML: (_logical("string", "io.debezium.data.Xml"), None, True),
     _TSVECTOR: (_logical("string", "io.debezium.data.Tsvector"), None, True),
-    _INTERVAL: (_logical("int64", "io.debezium.time.MicroDuration"), _interval, False),
-    _TIMETZ: (_logical("string", "io.debezium.time.ZonedTime"), _timetz, False),
+    _INTERVAL: (_logical("int64", "io.debezium.time.MicroDuration"), interval_micros, False),
+    _TIMETZ: (_logical("string", "io.debezium.time.ZonedTime"), zoned_time, False),
     **{oid: (_STRING, None, True) for oid in _RANGES},
 }
 
@@ -535,32 +262,32 @@ _EXTENSIONS: dict[str, tuple[Schema, Convert | None]] = {
     "citext": (_STRING, None),
     "isbn": (_STRING, None),
     "ltree": (_logical("string", "io.debezium.data.Ltree"), None),
-    "hstore": (_JSON_SCHEMA, _hstore_json),
+    "hstore": (_JSON_SCHEMA, hstore_json),
 }
 
 
 def _temporal(oid: int, precision: int) -> _Codec:
     if oid == _DATE:
-        return _Codec(_logical("int32", "io.debezium.time.Date"), _date, None)
+        return _Codec(_logical("int32", "io.debezium.time.Date"), epoch_day, None)
     if oid == _TIME:
         if precision <= 3:
-            return _Codec(_logical("int32", "io.debezium.time.Time"), _time_millis, None)
-        return _Codec(_logical("int64", "io.debezium.time.MicroTime"), _time_micros, None)
+            return _Codec(_logical("int32", "io.debezium.time.Time"), time_millis, None)
+        return _Codec(_logical("int64", "io.debezium.time.MicroTime"), time_micros, None)
     if oid == _TIMESTAMP:
         if precision <= 3:
-            return _Codec(_logical("int64", "io.debezium.time.Timestamp"), _timestamp_millis, None)
+            return _Codec(_logical("int64", "io.debezium.time.Timestamp"), timestamp_millis, None)
         schema = _logical("int64", "io.debezium.time.MicroTimestamp")
-        return _Codec(schema, _timestamp_micros, None)
+        return _Codec(schema, timestamp_micros, None)
     schema = _logical("string", "io.debezium.time.ZonedTimestamp")
-    return _Codec(schema, _zoned_timestamp_converter(precision), None)
+    return _Codec(schema, zoned_timestamp_converter(precision), None)
 
 
 def _numeric(typmod: int, options: EncodingOptions) -> _Codec:
     mode = options.decimal_handling
     if mode is DecimalHandling.STRING:
-        return _Codec(_STRING, _numeric_string, options.unavailable_value_placeholder)
+        return _Codec(_STRING, numeric_string, options.unavailable_value_placeholder)
     if mode is DecimalHandling.DOUBLE:
-        return _Codec({"type": "double"}, _float, None)  # BigDecimal.doubleValue()
+        return _Codec({"type": "double"}, float_value, None)  # BigDecimal.doubleValue()
     if typmod < 4:  # numeric without precision and scale
         variable: Schema = {
             "type": "struct",
@@ -569,23 +296,23 @@ def _numeric(typmod: int, options: EncodingOptions) -> _Codec:
             "version": 1,
             "doc": "Variable scaled decimal",
         }
-        return _Codec(variable, _variable_scale_decimal, None)
+        return _Codec(variable, variable_scale_decimal, None)
     precision = ((typmod - 4) >> 16) & 0xFFFF
     scale = (((typmod - 4) & 0x7FF) ^ 1024) - 1024  # PostgreSQL 15+ allows a negative scale
     parameters = {"scale": str(scale), "connect.decimal.precision": str(precision)}
     schema = _logical("bytes", "org.apache.kafka.connect.data.Decimal", **parameters)
-    return _Codec(schema, _decimal_converter(scale), None)
+    return _Codec(schema, decimal_converter(scale), None)
 
 
 def _money_codec(options: EncodingOptions) -> _Codec:
     mode = options.decimal_handling
     if mode is DecimalHandling.STRING:
-        return _Codec(_STRING, _money_string, None)
+        return _Codec(_STRING, money_string, None)
     if mode is DecimalHandling.DOUBLE:
-        return _Codec({"type": "double"}, _money_double, None)
+        return _Codec({"type": "double"}, money_double, None)
     # money.fraction.digits defaults to 2; Decimal.builder(2) sets no precision parameter.
     schema = _logical("bytes", "org.apache.kafka.connect.data.Decimal", scale="2")
-    return _Codec(schema, _money_precise, None)
+    return _Codec(schema, money_precise, None)
 
 
 def _array(element: PgType, typmod: int, options: EncodingOptions) -> _Codec:
@@ -620,7 +347,7 @@ def _array_toast(element: PgType, item: _Codec, options: EncodingOptions) -> obj
     if oid in (_TEXT, _VARCHAR, _BPCHAR, _JSON, _JSONB):
         return [placeholder]
     if oid == _BYTEA:
-        return [_b64(raw)]
+        return [base64_text(raw)]
     if oid in (_INT4, _INT8, _DATE):
         return [b - 256 if b > 127 else b for b in raw]  # the placeholder's (signed Java) bytes
     if oid == _UUID:
@@ -686,7 +413,8 @@ class FieldEncoder:
             toast = self._toast
             return list(toast) if isinstance(toast, list) else toast
         raise DecodeError(
-            f"column {self.name!r} ({self._type_name}): binary-format values are not supported")
+            f"column {self.name!r} ({self._type_name}): binary-format values are not supported"
+        )
 
     def _error(self, value: str) -> DecodeError:
         shown = value if len(value) <= _MAX_SHOWN else value[:_MAX_SHOWN] + "..."

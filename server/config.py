@@ -21,7 +21,7 @@ from unified_profile.cdc.config import (
 )
 from unified_profile.cdc.errors import ConfigError
 
-from .engine.mapping import MappingConfig, parse_mapping_config
+from .engine.mapping_config import MappingConfig, parse_mapping_config
 from .engine.survivorship import RULE_KINDS, Rule, RuleSet, default_rules
 
 _KNOWN_SECTIONS = {"store", "transport", "sources", "identity", "rules", "grpc", "engine"}

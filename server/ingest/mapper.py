@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from unified_profile.cdc.envelope import DecodedEvent
 
-from ..engine.mapping import MappingConfig, MappingError
+from ..engine.mapping import MappingError
+from ..engine.mapping_config import MappingConfig
 from ..engine.records import SourceRecord
 from .pipeline import MappingFailed, TableTruncated
 

@@ -20,10 +20,12 @@ from unified_profile.cdc.errors import ConfigError
 from unified_profile.cdc.identifiers import TableName
 from unified_profile.server.engine.mapping import (
     UNAVAILABLE,
-    MappingConfig,
     MappingError,
     TableMapping,
     fill_unavailable,
+)
+from unified_profile.server.engine.mapping_config import (
+    MappingConfig,
     load_mapping_config,
     parse_mapping_config,
 )
