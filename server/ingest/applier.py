@@ -92,7 +92,10 @@ class ProfileApplier:
         changed: Mapping[RecordKey, IncomingRecord],
         stored: Mapping[RecordKey, StoredRecord],
     ) -> dict[RecordKey, StoredRecord]:
-        known: dict[RecordKey, StoredRecord] = dict(stored)
+        # Start from the records that changed only: an unchanged (redelivered) record in the same
+        # batch joins the recomputation through its identifiers and profile, with everything
+        # linked to it, or not at all.
+        known: dict[RecordKey, StoredRecord] = {k: v for k, v in stored.items() if k in changed}
         identifiers: set[Identifier] = set()
         profiles: set[str] = set()
         for key, item in changed.items():

@@ -274,7 +274,10 @@ class StoreBatch:
         return _load_profiles(self._c, list(profile_ids))
 
     def profile_ids_taken(self, candidates: Collection[str]) -> set[str]:
-        """Which of these ids already name a profile or an alias (ids are never reused)."""
+        """Which of these ids name a live profile or an alias (those ids are never reused).
+
+        A deleted profile's id may come back when its founding record does: ids follow history.
+        """
         if not candidates:
             return set()
         used = (
