@@ -95,14 +95,6 @@ class TansuBroker(ManagedService):
     def log_path(self) -> Path | None:
         return self._log_path
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.is_running and self._proc is not None else None
-
-    @property
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self, timeout: float = 30.0) -> None:
         """Start the broker and wait until a Kafka client can list its topics.
         Does nothing if it is already running.

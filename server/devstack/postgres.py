@@ -193,15 +193,6 @@ class EmbeddedPostgres(ManagedService):
             raise RuntimeError("EmbeddedPostgres has no port yet: call start() first")
         return self._port
 
-    @property
-    def pid(self) -> int | None:
-        """The postmaster's process id while it runs, else ``None``."""
-        return self._proc.pid if self.is_running and self._proc is not None else None
-
-    @property
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     # -- connection strings -------------------------------------------------------------
 
     def dsn(self, dbname: str = "postgres") -> str:

@@ -26,7 +26,19 @@ class PortTaken(Exception):
 
 
 class ManagedService:
-    """Lifecycle shared by the local services: ``restart`` and use as a context manager."""
+    """Lifecycle shared by the local services: state, ``restart``, use as a context manager."""
+
+    _proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs, else ``None``."""
+        return self._proc.pid if self.is_running and self._proc is not None else None
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> None:
         """Start the service (subclasses)."""
