@@ -7,10 +7,12 @@ ready for capture (the message says what to fix), 1 for anything else.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from types import FrameType
 
 import structlog
@@ -60,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         "engine", help="apply change events from Kafka to the profile store (a consumer group)"
     )
     engine.add_argument("--config", required=True, help="the TOML configuration file")
+    serve = commands.add_parser(
+        "serve", help="serve the gRPC ProfileService ([grpc] in the config) until stopped"
+    )
+    serve.add_argument("--config", required=True, help="the TOML configuration file")
+    serve.add_argument("--listen", help="host:port overriding [grpc] listen")
     return parser
 
 
@@ -76,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_migrate(args)
         if args.command == "engine":
             return _run_engine(args)
+        if args.command == "serve":
+            return _run_serve(args)
     except StoreNotMigrated as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_PREFLIGHT
@@ -138,6 +147,37 @@ def _run_engine(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return EXIT_OK
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    # Imported here: the gRPC stack is only needed by this command.
+    from .rpc.server import ServerStartError, serve
+
+    config = load_service_config(args.config)
+    if args.listen:
+        config = replace(config, grpc=config.grpc.model_copy(update={"listen": args.listen}))
+    store = open_store(config)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, _log_and_set, stop, signum)
+        await serve(config, store, stop)
+
+    try:
+        asyncio.run(run())
+    except ServerStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def _log_and_set(stop: asyncio.Event, signum: int) -> None:
+    log.info("stop_requested", signal=signal.Signals(signum).name)
+    stop.set()
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

@@ -2,12 +2,13 @@
 
 Each component validates its own sections (capture: ``[transport]`` and ``[[sources]]``; the
 engine's mapping: the tables' mapping keys and ``[identity.*]``); this module adds ``[store]`` and
-``[rules]`` and gathers every problem of the file into one :class:`ConfigError`.
+``[rules]``, ``[engine]`` and ``[grpc]`` and gathers every problem of the file into one
+:class:`ConfigError`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from unified_profile.cdc.errors import ConfigError
 
 from .engine.mapping_config import MappingConfig, parse_mapping_config
 from .engine.survivorship import RULE_KINDS, Rule, RuleSet, default_rules
+from .rpc.settings import GrpcConfig
 
 _KNOWN_SECTIONS = {"store", "transport", "sources", "identity", "rules", "grpc", "engine"}
 
@@ -73,6 +75,7 @@ class ServiceConfig:
     rules: RuleSet
     store: StoreConfig
     engine: EngineConfig
+    grpc: GrpcConfig = field(default_factory=GrpcConfig)
 
 
 def load_service_config(path: str | Path) -> ServiceConfig:
@@ -95,7 +98,7 @@ def parse_service_config(data: dict[str, Any], file: str | None = None) -> Servi
         for key in data
         if key not in _KNOWN_SECTIONS
     ]
-    capture = mapping = rules = store = engine = None
+    capture = mapping = rules = store = engine = grpc = None
     try:
         capture = parse_capture_config(data, file)
     except ConfigError as exc:
@@ -113,13 +116,17 @@ def parse_service_config(data: dict[str, Any], file: str | None = None) -> Servi
     except ValidationError as exc:
         problems += [(f"engine.{k}" if k else "engine", m) for k, m in validation_problems(exc)]
     try:
+        grpc = GrpcConfig.model_validate(data.get("grpc", {}))
+    except ValidationError as exc:
+        problems += [(f"grpc.{k}" if k else "grpc", m) for k, m in validation_problems(exc)]
+    try:
         rules = parse_rules(data.get("rules"))
     except _RulesProblem as exc:
         problems.append((exc.path, exc.message))
     if problems:
         raise ConfigError(file, problems)
-    assert capture and mapping and rules and store and engine
-    return ServiceConfig(file or "<config>", capture, mapping, rules, store, engine)
+    assert capture and mapping and rules and store and engine and grpc
+    return ServiceConfig(file or "<config>", capture, mapping, rules, store, engine, grpc)
 
 
 class _RulesProblem(Exception):

@@ -1,0 +1,175 @@
+"""One subscriber's view of the change feed: a bounded buffer, a position and two modes.
+
+*Live*: the feed's pump appends matching changes to the buffer. *Catch-up*: the subscription reads
+the change log itself after its position. See :mod:`.change_feed` for how the two hand over without
+a gap or a duplicate. A subscription owns no task: it advances only while its consumer iterates it,
+so a consumer that goes away leaves nothing running, and :meth:`Subscription.close` (or the end of
+iteration) removes it from the feed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from ..store.profile_store import LoggedChange
+from .errors import FeedError
+from .filters import ChangeFilter, ChangeTraits
+
+if TYPE_CHECKING:
+    from .change_feed import ChangeFeed
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEntry(Generic[T]):
+    """One change as the feed hands it out (shared by every subscription it goes to).
+
+    Attributes:
+        sequence: The change-log sequence.
+        change: The change as logged.
+        traits: What filters test.
+        payload: The converted change (converted once, shared: never mutate it).
+    """
+
+    sequence: int
+    change: LoggedChange
+    traits: ChangeTraits
+    payload: T
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Sent when a subscription has been idle for its heartbeat interval.
+
+    Attributes:
+        head_sequence: The newest sequence the feed has published (at least the subscriber's
+            position): every matching change up to it has been delivered.
+    """
+
+    head_sequence: int
+
+
+class Subscription(Generic[T]):
+    """A subscription to the change feed; iterate it for :class:`FeedEntry` and :class:`Heartbeat`.
+
+    Created by :meth:`ChangeFeed.subscribe`. Iteration raises :class:`FeedError` subclasses when the
+    subscription cannot go on (retention overtook it, the store failed, the feed closed).
+
+    Attributes:
+        id: A number identifying the subscription in logs.
+        filter: Which changes it receives.
+        position: The last sequence handled for it (delivered or filtered out); while live, the
+            pump's head is ahead of it and the pump skips changes at or below it.
+        fallbacks: How often its buffer overflowed and it fell back to reading the log.
+    """
+
+    def __init__(
+        self,
+        feed: ChangeFeed[T],
+        id: int,
+        change_filter: ChangeFilter,
+        position: int,
+        heartbeat_s: float,
+        capacity: int,
+    ) -> None:
+        self.id = id
+        self.filter = change_filter
+        self.position = position
+        self.fallbacks = 0
+        self._feed = feed
+        self._heartbeat_s = heartbeat_s
+        self._capacity = capacity
+        self._buffer: deque[FeedEntry[T]] = deque()
+        self._ready = asyncio.Event()
+        self._live = False
+        self._error: FeedError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Changes waiting in the buffer."""
+        return len(self._buffer)
+
+    @property
+    def live(self) -> bool:
+        """Whether the pump delivers to it (else it is reading the log)."""
+        return self._live
+
+    def close(self) -> None:
+        """Leave the feed (idempotent); the buffer is dropped with the subscription."""
+        self._feed._remove(self)
+        self._live = False
+        self._buffer.clear()
+
+    def __aiter__(self) -> AsyncIterator[FeedEntry[T] | Heartbeat]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[FeedEntry[T] | Heartbeat]:
+        loop = asyncio.get_running_loop()
+        last_sent = loop.time()
+        try:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                # Buffered entries first, also after a fallback: they all precede the position
+                # the catch-up read starts after.
+                if self._buffer:
+                    yield self._buffer.popleft()
+                    last_sent = loop.time()
+                    continue
+                if not self._live:
+                    if self._feed._join(self):
+                        continue
+                    read = await self._feed._catch_up_read(self)
+                    for entry in read.entries:
+                        yield entry
+                        last_sent = loop.time()
+                    self.position = max(self.position, read.last)
+                    if loop.time() - last_sent >= self._heartbeat_s:
+                        # A long catch-up through changes that all miss the filter.
+                        yield Heartbeat(max(self._feed.head, self.position))
+                        last_sent = loop.time()
+                    continue
+                wait_s = last_sent + self._heartbeat_s - loop.time()
+                if wait_s <= 0:
+                    yield Heartbeat(max(self._feed.head, self.position))
+                    last_sent = loop.time()
+                    continue
+                # Cleared with no await since the buffer was seen empty: a change offered after
+                # this point sets it again, so the wait cannot miss one.
+                self._ready.clear()
+                try:
+                    async with asyncio.timeout(wait_s):
+                        await self._ready.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            self.close()
+
+    # --- called by the feed's pump (same event loop, never across an await) --------------------
+
+    def _offer(self, entry: FeedEntry[T]) -> bool:
+        """Buffer a change; ``False`` when the buffer is full (the caller makes us fall back)."""
+        if len(self._buffer) >= self._capacity:
+            return False
+        self._buffer.append(entry)
+        self._ready.set()
+        return True
+
+    def _leave_live(self, position: int) -> None:
+        self._live = False
+        self.position = position
+        self.fallbacks += 1
+        self._ready.set()
+
+    def _enter_live(self) -> None:
+        self._live = True
+
+    def _end(self, error: FeedError) -> None:
+        self._error = error
+        self._live = False
+        self._ready.set()

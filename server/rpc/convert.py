@@ -1,0 +1,336 @@
+"""Stored JSON → protobuf messages: profiles, field masks, change-log entries, record names.
+
+A stored profile's ``fields`` map profile field paths (``loyalty.tier``) to ``{"value", "provenance"}``;
+the proto's field names were chosen to be those paths, so a path is set by walking the message
+descriptors, with the value converted to the field's type (text → ``Timestamp`` for instants).
+``traits.<name>`` land in the ``traits`` map, and each field's first provenance entry in
+``provenance`` (ExplainProfile lists every contributor).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from google.protobuf import descriptor, field_mask_pb2, struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
+
+from unified_profile.v1 import profile_pb2
+
+from ..engine.records import RecordKey, canonical_json
+from ..store.profile_store import StoredProfile
+from .errors import InvalidArgument
+
+_TRAITS = "traits."
+_FD = descriptor.FieldDescriptor
+_CHANGE_KINDS = {
+    "CREATED": profile_pb2.CHANGE_KIND_CREATED,
+    "UPDATED": profile_pb2.CHANGE_KIND_UPDATED,
+    "MERGED": profile_pb2.CHANGE_KIND_MERGED,
+    "SPLIT": profile_pb2.CHANGE_KIND_SPLIT,
+    "DELETED": profile_pb2.CHANGE_KIND_DELETED,
+}
+# Which related key names the other profile of each kind (see the applier).
+_RELATED_KEYS = ("merged", "split_into", "split_from")
+
+
+class ChangeLike(Protocol):
+    """A change-log entry: :class:`~..store.profile_reads.ChangeEntry` or ``LoggedChange``."""
+
+    @property
+    def sequence(self) -> int: ...
+    @property
+    def profile_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def changes(self) -> dict[str, Any]: ...
+    @property
+    def related(self) -> dict[str, Any]: ...
+    @property
+    def cause(self) -> list[dict[str, Any]]: ...
+
+
+# --- values -----------------------------------------------------------------------------------
+
+
+def to_value(value: Any) -> struct_pb2.Value:
+    """A JSON-compatible value as a ``google.protobuf.Value``."""
+    out = struct_pb2.Value()
+    if value is None:
+        out.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, int | float):
+        out.number_value = value
+    elif isinstance(value, str):
+        out.string_value = value
+    elif isinstance(value, Mapping):
+        out.struct_value.update(value)
+    elif isinstance(value, list | tuple):
+        out.list_value.extend(value)
+    else:
+        out.string_value = str(value)
+    return out
+
+
+def timestamp_from_us(micros: int) -> timestamp_pb2.Timestamp:
+    """µs since 1970 → ``Timestamp``."""
+    seconds, rest = divmod(int(micros), 1_000_000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=rest * 1000)
+
+
+def timestamp_from_datetime(moment: datetime) -> timestamp_pb2.Timestamp:
+    """An aware ``datetime`` → ``Timestamp``."""
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(moment)
+    return out
+
+
+def _timestamp_from_text(text: str) -> timestamp_pb2.Timestamp | None:
+    out = timestamp_pb2.Timestamp()
+    try:
+        out.FromJsonString(text)
+    except ValueError:
+        try:
+            out.FromDatetime(datetime.fromisoformat(text))
+        except ValueError:
+            return None
+    return out
+
+
+# --- profiles ---------------------------------------------------------------------------------
+
+
+def provenance_to_proto(entry: Mapping[str, Any]) -> profile_pb2.Provenance:
+    """One stored provenance entry as a ``Provenance``."""
+    return profile_pb2.Provenance(
+        source=str(entry.get("source", "")),
+        table=str(entry.get("table", "")),
+        record_key=str(entry.get("record_key", "")),
+        version=int(entry.get("version") or 0),
+        committed_at=timestamp_from_us(int(entry.get("commit_time_us") or 0)),
+        rule=str(entry.get("rule", "")),
+    )
+
+
+def profile_to_proto(stored: StoredProfile) -> profile_pb2.Profile:
+    """A stored profile as a ``Profile`` message (every field; see :func:`apply_field_mask`)."""
+    profile = profile_pb2.Profile(
+        profile_id=stored.profile_id,
+        identifiers=[
+            profile_pb2.Identifier(type=typ, value=value) for typ, value in stored.identifiers
+        ],
+        sequence=stored.updated_sequence,
+        record_count=stored.record_count,
+    )
+    for path, field in stored.fields.items():
+        value = field.get("value")
+        provenance = field.get("provenance") or []
+        if provenance:
+            profile.provenance[path].CopyFrom(provenance_to_proto(provenance[0]))
+        if value is None:
+            continue
+        if path.startswith(_TRAITS):
+            profile.traits[path[len(_TRAITS):]].CopyFrom(to_value(value))
+        else:
+            _set_path(profile, path.split("."), value)
+    for channel in ("email_marketing", "sms_marketing", "push"):
+        # Consent.source: the source whose value won (of the choice, else of its time).
+        for leaf in ("granted", "updated_at"):
+            entries = (stored.fields.get(f"consent.{channel}.{leaf}") or {}).get("provenance")
+            if entries:
+                getattr(profile.consent, channel).source = str(entries[0].get("source", ""))
+                break
+    return profile
+
+
+def _set_path(message: Message, parts: Sequence[str], value: Any) -> None:
+    """Set ``a.b.c`` on ``message``; paths or values the proto cannot hold are skipped."""
+    fields = message.DESCRIPTOR.fields_by_name
+    field = fields.get(parts[0])
+    if field is None:
+        return
+    if len(parts) > 1:
+        if field.type == _FD.TYPE_MESSAGE and not _is_repeated(field):
+            _set_path(getattr(message, parts[0]), parts[1:], value)
+        return
+    if _is_repeated(field):
+        if field.type == _FD.TYPE_STRING:
+            items = value if isinstance(value, list) else [value]
+            getattr(message, parts[0]).extend(str(v) for v in items if v is not None)
+        return
+    if field.type == _FD.TYPE_MESSAGE:
+        message_type = field.message_type
+        if (
+            message_type is not None
+            and message_type.full_name == "google.protobuf.Timestamp"
+            and isinstance(value, str)
+        ):
+            moment = _timestamp_from_text(value)
+            if moment is not None:
+                getattr(message, parts[0]).CopyFrom(moment)
+        return
+    try:
+        if field.type == _FD.TYPE_STRING:
+            setattr(message, parts[0], value if isinstance(value, str) else json.dumps(value))
+        elif field.type == _FD.TYPE_DOUBLE:
+            setattr(message, parts[0], float(value))
+        elif field.type == _FD.TYPE_BOOL:
+            setattr(message, parts[0], bool(value))
+    except (TypeError, ValueError):
+        return  # a value the mapping should not have produced: left out rather than failing
+
+
+def _is_repeated(field: Any) -> bool:
+    return bool(field.is_repeated)
+
+
+# --- field masks ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileMask:
+    """A validated field mask: message paths, and trait names picked out of the ``traits`` map."""
+
+    paths: tuple[str, ...]
+    traits: tuple[str, ...]
+
+
+def compile_field_mask(mask: field_mask_pb2.FieldMask, field: str) -> ProfileMask | None:
+    """Validate a request's mask against ``Profile``; ``None`` when it is empty (every field).
+
+    Paths are ``Profile`` field paths (``person``, ``loyalty.tier``, ``provenance``) or
+    ``traits.<name>`` for one trait. ``profile_id`` is always returned.
+
+    Raises:
+        InvalidArgument: A path names no field (the error names ``<field>.paths[i]``).
+    """
+    if not mask.paths:
+        return None
+    paths: list[str] = []
+    traits: list[str] = []
+    for i, path in enumerate(mask.paths):
+        if path.startswith(_TRAITS) and len(path) > len(_TRAITS):
+            traits.append(path[len(_TRAITS):])
+        elif field_mask_pb2.FieldMask(paths=[path]).IsValidForDescriptor(
+            profile_pb2.Profile.DESCRIPTOR
+        ):
+            paths.append(path)
+        else:
+            raise InvalidArgument(
+                f"{field}.paths[{i}]",
+                f"{path!r} is not a Profile field (use paths such as person, loyalty.tier, "
+                "consent.email_marketing, traits.<name>)",
+            )
+    return ProfileMask(tuple(paths), tuple(traits))
+
+
+def apply_field_mask(
+    profile: profile_pb2.Profile, mask: ProfileMask | None
+) -> profile_pb2.Profile:
+    """``profile`` reduced to ``mask`` (the same message when there is no mask)."""
+    if mask is None:
+        return profile
+    out = profile_pb2.Profile(profile_id=profile.profile_id)
+    if mask.paths:
+        field_mask_pb2.FieldMask(paths=list(mask.paths)).MergeMessage(profile, out)
+    for name in mask.traits:
+        if name in profile.traits:
+            out.traits[name].CopyFrom(profile.traits[name])
+    return out
+
+
+# --- changes ----------------------------------------------------------------------------------
+
+
+def change_to_proto(
+    change: ChangeLike, committed_at: datetime | None = None
+) -> profile_pb2.ProfileChange:
+    """A change-log entry as a ``ProfileChange`` (``committed_at`` from the entry if it has it)."""
+    out = profile_pb2.ProfileChange(
+        sequence=change.sequence,
+        profile_id=change.profile_id,
+        kind=_CHANGE_KINDS.get(change.kind, profile_pb2.CHANGE_KIND_UNSPECIFIED),
+    )
+    for path in sorted(change.changes):
+        values = change.changes[path] or {}
+        out.changes.append(
+            profile_pb2.FieldChange(
+                path=path,
+                old_value=to_value(values.get("old")),
+                new_value=to_value(values.get("new")),
+            )
+        )
+    for key in _RELATED_KEYS:
+        if isinstance(related := change.related.get(key), str):
+            out.related_profile_id = related
+            break
+    out.causes.extend(cause_to_proto(cause) for cause in change.cause)
+    moment = committed_at or getattr(change, "committed_at", None)
+    if isinstance(moment, datetime):
+        out.committed_at.CopyFrom(timestamp_from_datetime(moment))
+    return out
+
+
+def cause_to_proto(cause: Mapping[str, Any]) -> profile_pb2.ChangeCause:
+    """One stored cause: a source change (pipeline) or a steward decision."""
+    if "steward" in cause:
+        return profile_pb2.ChangeCause(source="steward")
+    key = cause.get("key")
+    lsn = cause.get("lsn")
+    out = profile_pb2.ChangeCause(
+        source=str(cause.get("source") or ""),
+        table=str(cause.get("table") or ""),
+        record_key=key if isinstance(key, str) else canonical_json(key) if key else "",
+        lsn=lsn if isinstance(lsn, int) and not isinstance(lsn, bool) else 0,
+    )
+    if isinstance(micros := cause.get("commit_time_us"), int) and micros:
+        out.committed_at.CopyFrom(timestamp_from_us(micros))
+    return out
+
+
+# --- record names -----------------------------------------------------------------------------
+
+
+def record_name(key: RecordKey) -> str:
+    """``source/table/key`` as ExplainProfile shows records and UnmergeProfiles takes them."""
+    return str(key)
+
+
+def parse_record_name(text: str, field: str) -> RecordKey:
+    """Parse :func:`record_name` output (the key's JSON may be written in any key order).
+
+    Raises:
+        InvalidArgument: ``text`` is not ``source/table/{json key}``.
+    """
+    parts = text.split("/", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise InvalidArgument(field, "must be source/table/key as ExplainProfile lists records")
+    try:
+        key = json.loads(parts[2])
+    except ValueError:
+        raise InvalidArgument(field, "the key part must be the record's JSON primary key") from None
+    if not isinstance(key, dict) or not key:
+        raise InvalidArgument(field, "the key part must be a JSON object such as {\"id\":42}")
+    return RecordKey(parts[0], parts[1], canonical_json(key))
+
+
+__all__ = [
+    "ChangeLike",
+    "ProfileMask",
+    "apply_field_mask",
+    "cause_to_proto",
+    "change_to_proto",
+    "compile_field_mask",
+    "parse_record_name",
+    "profile_to_proto",
+    "provenance_to_proto",
+    "record_name",
+    "timestamp_from_datetime",
+    "timestamp_from_us",
+    "to_value",
+]

@@ -1,0 +1,403 @@
+"""The ``unified_profile.v1.ProfileService`` servicer (``grpc.aio``).
+
+Handlers validate the request (INVALID_ARGUMENT names the field), run the store work on a
+bounded thread pool (the store is synchronous) and convert the result. Deadlines are honoured
+twice: a read is abandoned when the call's remaining time runs out, and the same time is the
+store transaction's ``statement_timeout``, so the query stops too instead of holding a pooled
+connection for a client that has gone. Steward writes check the deadline before they start and
+then run to completion: a transaction is committed or not, never abandoned half-way.
+
+Steward semantics (see :mod:`.steward_ops`): MergeProfiles force-links one record of each
+profile; UnmergeProfiles never-links the named record with every other record of its profile;
+ForgetProfile erases the profile (:func:`~..store.erasure.forget_profile`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import functools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+import structlog
+from grpc import aio
+
+from unified_profile.v1 import profile_service_pb2 as pb
+from unified_profile.v1 import profile_service_pb2_grpc
+
+from ..engine.identity import IdentifierType
+from ..engine.survivorship import RuleSet
+from ..store.erasure import forget_profile
+from ..store.profile_reads import ProfileNotFound, ProfileReads, ResolvedProfile
+from ..store.profile_store import ProfileStore
+from . import convert
+from .auth import current_principal
+from .errors import FailedPrecondition, InvalidArgument, is_expected, status_of
+from .explain import explain_profile
+from .steward_ops import StewardOps
+from .validation import parse_identifier, validate_profile_id, validate_reason
+
+log = structlog.get_logger(__name__)
+
+MAX_BATCH = 1000
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+_S = TypeVar("_S", bound="ProfileService")
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_T = TypeVar("_T")
+
+
+class ChangeSubscriptions(Protocol):
+    """What serves ``SubscribeProfileChanges`` (the change feed; an ``async def`` generator)."""
+
+    def subscribe(
+        self, request: pb.SubscribeProfileChangesRequest, context: Any
+    ) -> AsyncIterator[pb.SubscribeProfileChangesResponse]:
+        """Yield the subscription's messages until the client goes away."""
+        ...
+
+
+def _rpc(
+    handler: Callable[[_S, _Req, Any], Awaitable[_Resp]],
+) -> Callable[[_S, _Req, Any], Awaitable[_Resp]]:
+    """Map a handler's exceptions to statuses through the one table (:mod:`.errors`)."""
+
+    @functools.wraps(handler)
+    async def call(self: _S, request: _Req, context: Any) -> _Resp:
+        try:
+            return await handler(self, request, context)
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, handler.__name__, exc)
+            raise  # unreachable: abort raises
+
+    return call
+
+
+async def _abort(context: Any, method: str, exc: Exception) -> None:
+    code, message = status_of(exc)
+    if is_expected(code):
+        log.debug("rpc.refused", method=method, code=code.name)
+    else:
+        # The type, never the message: an unexpected error's text may quote personal data.
+        log.error("rpc.failed", method=method, code=code.name, error=type(exc).__name__)
+    await context.abort(code, message)
+
+
+class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
+    """Serves profiles from the store; steward operations go through the engine.
+
+    Args:
+        store: The profile store.
+        identifier_types: The declared identifier types (LookupProfile normalises with them).
+        rules: The survivorship rules (ExplainProfile and steward recomputations use them).
+        subscriptions: The change feed serving ``SubscribeProfileChanges``; UNIMPLEMENTED
+            while it is ``None``.
+        db_threads: Threads running store work (ignored when ``executor`` is given).
+        executor: Where store work runs; the service shuts it down in :meth:`close` only if it
+            created it.
+    """
+
+    def __init__(
+        self,
+        store: ProfileStore,
+        identifier_types: Mapping[str, IdentifierType],
+        rules: RuleSet,
+        *,
+        subscriptions: ChangeSubscriptions | None = None,
+        db_threads: int = 8,
+        executor: Executor | None = None,
+    ) -> None:
+        self._reads = ProfileReads.of(store)
+        self._types = identifier_types
+        self._rules = rules
+        self._steward = StewardOps(store, self._reads, identifier_types, rules)
+        self._subscriptions = subscriptions
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(db_threads, "rpc-store")
+
+    def close(self) -> None:
+        """Stop the service's own thread pool (after the server has stopped)."""
+        if self._own_executor:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # --- running store work -------------------------------------------------------------------
+
+    async def _read(self, context: Any, work: Callable[[float | None], _T]) -> _T:
+        """Run ``work(timeout_s)`` on the pool; give up when the call's deadline passes."""
+        remaining = _remaining(context)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, work, remaining)
+        if remaining is None:
+            return await future
+        return await asyncio.wait_for(future, remaining)
+
+    async def _write(self, context: Any, work: Callable[[float | None], _T]) -> _T:
+        """Run ``work(timeout_s)`` on the pool to completion (it was started within the deadline)."""
+        remaining = _remaining(context)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work, remaining)
+
+    # --- reads --------------------------------------------------------------------------------
+
+    @_rpc
+    async def GetProfile(self, request: pb.GetProfileRequest, context: Any) -> pb.GetProfileResponse:
+        """One profile by id or alias."""
+        profile_id = validate_profile_id(request.profile_id, "profile_id")
+        mask = convert.compile_field_mask(request.field_mask, "field_mask")
+        found = await self._read(context, lambda t: self._reads.get_profiles([profile_id], t))
+        resolved = found.get(profile_id)
+        if resolved is None:
+            raise ProfileNotFound(f"profile {profile_id!r} not found")
+        return pb.GetProfileResponse(
+            profile=convert.apply_field_mask(convert.profile_to_proto(resolved.profile), mask),
+            resolved_from_alias=resolved.via_alias,
+        )
+
+    @_rpc
+    async def LookupProfile(
+        self, request: pb.LookupProfileRequest, context: Any
+    ) -> pb.LookupProfileResponse:
+        """The one profile holding an identifier value."""
+        identifier = parse_identifier(
+            self._types, request.identifier_type, request.value, "identifier_type", "value"
+        )
+        if identifier is None:
+            raise InvalidArgument(
+                "value", "is empty or a placeholder that identifies nobody once normalised"
+            )
+        mask = convert.compile_field_mask(request.field_mask, "field_mask")
+
+        def lookup(timeout_s: float | None) -> ResolvedProfile | int:
+            holders = self._reads.lookup_profiles([identifier], timeout_s).get(identifier, [])
+            if len(holders) != 1:
+                return len(holders)
+            return self._reads.get_profiles(holders, timeout_s).get(holders[0]) or 0
+
+        found = await self._read(context, lookup)
+        if found == 0:
+            raise ProfileNotFound(f"no profile holds this {identifier.type} value")
+        if isinstance(found, int):
+            # A shared value (a household email) names several people: answering with one of
+            # them would hand one person's data to whoever asked about another.
+            raise FailedPrecondition(
+                f"this {identifier.type} value is held by {found} profiles; look up an "
+                "identifier that names one person"
+            )
+        profile = convert.profile_to_proto(found.profile)
+        return pb.LookupProfileResponse(profile=convert.apply_field_mask(profile, mask))
+
+    @_rpc
+    async def BatchGetProfiles(
+        self, request: pb.BatchGetProfilesRequest, context: Any
+    ) -> pb.BatchGetProfilesResponse:
+        """Up to 1,000 profiles by id or identifier, in request order."""
+        if len(request.refs) > MAX_BATCH:
+            raise InvalidArgument("refs", f"at most {MAX_BATCH} per call, got {len(request.refs)}")
+        mask = convert.compile_field_mask(request.field_mask, "field_mask")
+        wanted: list[tuple[str, Any]] = []
+        for i, ref in enumerate(request.refs):
+            which = ref.WhichOneof("ref")
+            if which == "profile_id":
+                wanted.append(("id", validate_profile_id(ref.profile_id, f"refs[{i}].profile_id")))
+            elif which == "identifier":
+                field = f"refs[{i}].identifier"
+                wanted.append(("identifier", parse_identifier(
+                    self._types, ref.identifier.type, ref.identifier.value,
+                    f"{field}.type", f"{field}.value",
+                )))
+            else:
+                raise InvalidArgument(f"refs[{i}]", "set profile_id or identifier")
+
+        def fetch(timeout_s: float | None) -> list[ResolvedProfile | None]:
+            identifiers = [v for kind, v in wanted if kind == "identifier" and v is not None]
+            holders = self._reads.lookup_profiles(identifiers, timeout_s)
+            # An identifier held by several profiles is ambiguous: not found (see LookupProfile).
+            by_identifier = {i: ids[0] for i, ids in holders.items() if len(ids) == 1}
+            ids = {v for kind, v in wanted if kind == "id"} | set(by_identifier.values())
+            profiles = self._reads.get_profiles(ids, timeout_s)
+            return [
+                profiles.get(value if kind == "id" else by_identifier.get(value, ""))
+                if value is not None else None
+                for kind, value in wanted
+            ]
+
+        found = await self._read(context, fetch)
+        response = pb.BatchGetProfilesResponse()
+        for ref, resolved in zip(request.refs, found, strict=True):
+            result = response.results.add(ref=ref, found=resolved is not None)
+            if resolved is not None:
+                result.profile.CopyFrom(
+                    convert.apply_field_mask(convert.profile_to_proto(resolved.profile), mask)
+                )
+        return response
+
+    @_rpc
+    async def GetProfileHistory(
+        self, request: pb.GetProfileHistoryRequest, context: Any
+    ) -> pb.GetProfileHistoryResponse:
+        """A page of the profile's change log (and its merged profiles'), oldest first."""
+        profile_id = validate_profile_id(request.profile_id, "profile_id")
+        page_size = request.page_size or DEFAULT_PAGE_SIZE
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgument("page_size", f"must be between 1 and {MAX_PAGE_SIZE}")
+        after = _decode_page_token(request.page_token, profile_id)
+        page = await self._read(
+            context, lambda t: self._reads.history(profile_id, after, page_size, t)
+        )
+        response = pb.GetProfileHistoryResponse(
+            changes=[convert.change_to_proto(entry) for entry in page.entries]
+        )
+        if page.more and page.entries:
+            response.next_page_token = _encode_page_token(profile_id, page.entries[-1].sequence)
+        return response
+
+    @_rpc
+    async def ExplainProfile(
+        self, request: pb.ExplainProfileRequest, context: Any
+    ) -> pb.ExplainProfileResponse:
+        """Candidates per field, links and conflicts, recomputed from the stored records."""
+        profile_id = validate_profile_id(request.profile_id, "profile_id")
+
+        def explain(timeout_s: float | None) -> pb.ExplainProfileResponse:
+            inputs = self._reads.explain_inputs(profile_id, timeout_s)
+            return explain_profile(inputs, self._types, self._rules)
+
+        return await self._read(context, explain)
+
+    @_rpc
+    async def GetPipelineStatus(
+        self, request: pb.GetPipelineStatusRequest, context: Any
+    ) -> pb.GetPipelineStatusResponse:
+        """Applied positions per source and consumer group, change-log bounds, counts."""
+        counts = await self._read(context, self._reads.pipeline_counts)
+        response = pb.GetPipelineStatusResponse(
+            change_log_head=counts.head,
+            change_log_oldest=counts.oldest,
+            profiles=counts.profiles,
+            dead_letters=counts.dead_letters,
+            at=convert.timestamp_from_datetime(datetime.now(UTC)),
+        )
+        for consumer, streams in sorted(counts.positions.items()):
+            kafka = {s: p for s, p in streams.items() if s.startswith("kafka:")}
+            for stream, position in sorted(streams.items()):
+                if stream.startswith("source:"):
+                    response.sources.add(name=stream.removeprefix("source:"), applied_lsn=position)
+            if kafka:
+                response.consumers.add(group=consumer, positions=kafka)
+        return response
+
+    # --- subscriptions ------------------------------------------------------------------------
+
+    async def SubscribeProfileChanges(
+        self, request: pb.SubscribeProfileChangesRequest, context: Any
+    ) -> AsyncIterator[pb.SubscribeProfileChangesResponse]:
+        """Delegated to the change feed (:class:`ChangeSubscriptions`)."""
+        if self._subscriptions is None:
+            await _abort(
+                context,
+                "SubscribeProfileChanges",
+                NotImplementedError("change subscriptions are not available on this server"),
+            )
+            return
+        try:
+            async for message in self._subscriptions.subscribe(request, context):
+                yield message
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, "SubscribeProfileChanges", exc)
+
+    # --- steward ------------------------------------------------------------------------------
+
+    @_rpc
+    async def MergeProfiles(
+        self, request: pb.MergeProfilesRequest, context: Any
+    ) -> pb.MergeProfilesResponse:
+        """Force-link one record of each profile; the older profile survives."""
+        first = validate_profile_id(request.profile_id, "profile_id")
+        second = validate_profile_id(request.other_profile_id, "other_profile_id")
+        if first == second:
+            raise InvalidArgument("other_profile_id", "must differ from profile_id")
+        reason = validate_reason(request.reason)
+        actor = _actor()
+        profile, entries = await self._write(
+            context, lambda t: self._steward.merge(first, second, actor, reason, t)
+        )
+        return pb.MergeProfilesResponse(
+            profile=convert.profile_to_proto(profile),
+            changes=[convert.change_to_proto(e) for e in entries],
+        )
+
+    @_rpc
+    async def UnmergeProfiles(
+        self, request: pb.UnmergeProfilesRequest, context: Any
+    ) -> pb.UnmergeProfilesResponse:
+        """Never-link the named record with every other record of its profile."""
+        profile_id = validate_profile_id(request.profile_id, "profile_id")
+        record = convert.parse_record_name(request.record, "record")
+        reason = validate_reason(request.reason)
+        actor = _actor()
+        entries = await self._write(
+            context, lambda t: self._steward.unmerge(profile_id, record, actor, reason, t)
+        )
+        return pb.UnmergeProfilesResponse(changes=[convert.change_to_proto(e) for e in entries])
+
+    @_rpc
+    async def ForgetProfile(
+        self, request: pb.ForgetProfileRequest, context: Any
+    ) -> pb.ForgetProfileResponse:
+        """Erase the profile; answer with the DELETED change."""
+        profile_id = validate_profile_id(request.profile_id, "profile_id")
+        reason = validate_reason(request.reason)
+        actor = _actor()
+        entry = await self._write(
+            context,
+            lambda t: forget_profile(self._reads.engine, profile_id, actor, reason, t),
+        )
+        log.info(
+            "profile.forgotten", profile_id=entry.profile_id, actor=actor, sequence=entry.sequence
+        )
+        return pb.ForgetProfileResponse(change=convert.change_to_proto(entry))
+
+
+def _remaining(context: Any) -> float | None:
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    if remaining <= 0:
+        raise TimeoutError("the call's deadline has passed")
+    return float(remaining)
+
+
+def _actor() -> str:
+    principal = current_principal()
+    # The interceptor always sets it; a server built without it still audits something.
+    return principal.name if principal is not None else "anonymous"
+
+
+def _encode_page_token(profile_id: str, after: int) -> str:
+    raw = json.dumps({"p": profile_id, "a": after}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, profile_id: str) -> int:
+    if not token:
+        return 0
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        owner, after = data["p"], data["a"]
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        raise InvalidArgument("page_token", "is not a token from a previous response") from None
+    if owner != profile_id or not isinstance(after, int) or after < 0:
+        raise InvalidArgument("page_token", "belongs to another request (another profile_id)")
+    return after
+
+
+__all__ = ["MAX_BATCH", "ChangeSubscriptions", "ProfileService"]

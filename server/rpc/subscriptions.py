@@ -1,0 +1,213 @@
+"""``SubscribeProfileChanges``: request checks, a change-feed subscription, the response stream.
+
+The servicer delegates the RPC to :meth:`ProfileSubscriptions.subscribe`. The stream replays the
+change log from the requested start and then goes live; every change carries its sequence, so a
+client that reconnects with ``START_AFTER_SEQUENCE`` and the last sequence it received sees each
+later change exactly once. Ordering, buffering and the slow-subscriber fallback live in the change
+feed (:mod:`unified_profile.server.feed`); this module only translates between it and the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
+
+import grpc
+import structlog
+from google.protobuf import timestamp_pb2
+
+from unified_profile.v1 import profile_pb2, profile_service_pb2
+
+from ..feed import (
+    ChangeFeed,
+    ChangeFilter,
+    CursorOutOfRange,
+    FeedClosed,
+    FeedEntry,
+    FeedUnavailable,
+    Heartbeat,
+    InvalidFilter,
+    StartAt,
+)
+from ..store.profile_store import ProfileStore
+from .change_convert import with_profile
+from .errors import InvalidArgument, is_expected, status_of
+
+Request: TypeAlias = profile_service_pb2.SubscribeProfileChangesRequest
+Response: TypeAlias = profile_service_pb2.SubscribeProfileChangesResponse
+if TYPE_CHECKING:
+    Context: TypeAlias = grpc.aio.ServicerContext[Request, Response]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_HEARTBEAT_S = 10
+"""Heartbeat interval when the request leaves ``heartbeat_seconds`` at 0."""
+
+_Start = profile_service_pb2.SubscribeProfileChangesRequest.Start
+# ChangeKind number → the change log's kind (CHANGE_KIND_UPDATED → UPDATED).
+_KIND_NAMES = {
+    number: name.removeprefix("CHANGE_KIND_") for name, number in profile_pb2.ChangeKind.items()
+}
+_RESYNC = (
+    "To resync: subscribe with START_LATEST, then re-read the profiles you keep with "
+    "BatchGetProfiles (in that order, so no change falls between); or subscribe with "
+    "START_EARLIEST to receive every change still retained."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRequest:
+    """A checked ``SubscribeProfileChangesRequest``."""
+
+    start: StartAt
+    filter: ChangeFilter
+    heartbeat_s: float
+    include_profile: bool
+
+
+def parse_request(request: Request) -> SubscriptionRequest:
+    """Check a request and translate it for the change feed.
+
+    Raises:
+        InvalidArgument: A field is invalid; names it (``filter.field_paths[1]``).
+    """
+    if request.start == _Start.START_AFTER_SEQUENCE:
+        if request.after_sequence < 0:
+            raise InvalidArgument("after_sequence", "must not be negative")
+        start = StartAt.after(request.after_sequence)
+    elif request.start in (_Start.START_EARLIEST, _Start.START_LATEST):
+        if request.after_sequence != 0:
+            raise InvalidArgument("after_sequence", "is only used with START_AFTER_SEQUENCE")
+        earliest = request.start == _Start.START_EARLIEST
+        start = StartAt.earliest() if earliest else StartAt.latest()
+    else:
+        raise InvalidArgument(
+            "start", "must be START_EARLIEST, START_LATEST or START_AFTER_SEQUENCE"
+        )
+    if request.heartbeat_seconds < 0:
+        raise InvalidArgument("heartbeat_seconds", "at least 1 (or 0 for the default, 10)")
+    kinds: list[str] = []
+    for i, kind in enumerate(request.filter.kinds):
+        if kind == profile_pb2.CHANGE_KIND_UNSPECIFIED or kind not in _KIND_NAMES:
+            raise InvalidArgument(f"filter.kinds[{i}]", f"unknown change kind {kind}")
+        kinds.append(_KIND_NAMES[kind])
+    try:
+        change_filter = ChangeFilter.parse(
+            kinds, request.filter.field_paths, request.filter.sources
+        )
+    except InvalidFilter as exc:
+        raise InvalidArgument(f"filter.{exc.field}", exc.problem) from None
+    return SubscriptionRequest(
+        start=start,
+        filter=change_filter,
+        heartbeat_s=float(request.heartbeat_seconds or DEFAULT_HEARTBEAT_S),
+        include_profile=request.include_profile,
+    )
+
+
+class ProfileSubscriptions:
+    """The ``SubscribeProfileChanges`` implementation the servicer delegates to.
+
+    Wiring, one feed per server process::
+
+        feed = ChangeFeed(store, dsn, subscribe_response)
+        await feed.start()
+        subscriptions = ProfileSubscriptions(feed, store)   # ProfileService(subscriptions=...)
+        ...
+        await feed.close()   # before stopping the server: streams never end by themselves, so
+                             # this ends them (UNAVAILABLE, "resume after your last sequence")
+
+    Args:
+        feed: The server's change feed, converting with ``change_convert.subscribe_response``.
+        store: Where ``include_profile`` reads the current profile.
+    """
+
+    def __init__(self, feed: ChangeFeed[Response], store: ProfileStore) -> None:
+        self._feed = feed
+        self._store = store
+
+    async def subscribe(self, request: Request, context: Context) -> AsyncIterator[Response]:
+        """Stream changes (and heartbeats while idle) until the client cancels.
+
+        Ends the call with INVALID_ARGUMENT (a field is invalid), OUT_OF_RANGE (the start is
+        older than retention or past the head; the message says how to resync) or UNAVAILABLE
+        (the change log cannot be read, or the server is stopping: resume after the last
+        sequence received).
+        """
+        try:
+            plan = parse_request(request)
+            subscription = await self._feed.subscribe(plan.start, plan.filter, plan.heartbeat_s)
+        except Exception as exc:
+            await _abort(context, exc)
+            return
+        log.info("subscription started", subscription=subscription.id,
+                 after=subscription.position, filter=str(plan.filter),
+                 include_profile=plan.include_profile)
+        error: Exception | None = None
+        last_sent = subscription.position
+        try:
+            async for item in subscription:
+                if isinstance(item, Heartbeat):
+                    yield _heartbeat(item.head_sequence)
+                    continue
+                if plan.include_profile:
+                    yield await self._with_profile(item)
+                else:
+                    # The message converted once by the feed, shared with every subscriber.
+                    yield item.payload
+                last_sent = item.sequence
+        except Exception as exc:
+            error = exc
+        finally:
+            # Also on cancellation and when the client goes away (GeneratorExit at a yield).
+            subscription.close()
+            log.info("subscription ended", subscription=subscription.id, last_sent=last_sent,
+                     fallbacks=subscription.fallbacks)
+        if error is not None:
+            await _abort(context, error)
+
+    async def _with_profile(self, entry: FeedEntry[Response]) -> Response:
+        """The change with the profile as it is now (read at delivery, as the API says)."""
+        found = None
+        if entry.change.kind != "DELETED":
+            try:
+                found = await asyncio.to_thread(self._store.get_profile, entry.change.profile_id)
+            except Exception as exc:  # the store's reads raise its driver's errors unmapped
+                raise FeedUnavailable("the profile store cannot be read") from exc
+        return with_profile(entry.payload, found[0] if found else None)
+
+
+def _heartbeat(head_sequence: int) -> Response:
+    at = timestamp_pb2.Timestamp()
+    at.GetCurrentTime()
+    return profile_service_pb2.SubscribeProfileChangesResponse(
+        heartbeat=profile_service_pb2.Heartbeat(head_sequence=head_sequence, at=at)
+    )
+
+
+def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The feed's errors, then the service's table (``errors.status_of``)."""
+    if isinstance(exc, CursorOutOfRange):
+        return grpc.StatusCode.OUT_OF_RANGE, f"{exc}. {_RESYNC}"
+    if isinstance(exc, FeedClosed):
+        return grpc.StatusCode.UNAVAILABLE, (
+            "the server is stopping; resubscribe with START_AFTER_SEQUENCE and the last "
+            "sequence you received"
+        )
+    if isinstance(exc, FeedUnavailable):
+        return grpc.StatusCode.UNAVAILABLE, (
+            "the change log cannot be read now; retry with backoff, resubscribing with "
+            "START_AFTER_SEQUENCE and the last sequence you received"
+        )
+    return status_of(exc)
+
+
+async def _abort(context: Context, exc: Exception) -> None:
+    code, message = _status(exc)
+    if is_expected(code) or code is grpc.StatusCode.UNAVAILABLE:
+        log.info("subscription refused", code=code.name, error=message)
+    else:
+        log.error("subscription failed", code=code.name, exc_info=exc)
+    await context.abort(code, message)
