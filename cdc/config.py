@@ -148,7 +148,9 @@ class KafkaConfig(_Strict):
     group_id: str = "profile-engine"
     linger_ms: Annotated[int, Field(ge=0)] = 5
     client_options: dict[str, Any] = Field(default_factory=dict)
-    """Extra kafka-python producer/consumer options (security_protocol, sasl_*, ssl_*)."""
+    """Extra kafka-python options for every client: security_protocol, sasl_*, ssl_*."""
+    consumer_options: dict[str, Any] = Field(default_factory=dict)
+    """Extra options for the engine's consumer only (session_timeout_ms, max_poll_interval_ms…)."""
 
 
 class EmbeddedTransportConfig(_Strict):

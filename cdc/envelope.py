@@ -352,6 +352,10 @@ def decode_event(topic: str, key: bytes | None, value: bytes | None) -> DecodedE
     source = payload.get("source")
     if not isinstance(source, dict):
         raise EnvelopeError(f"{topic}: value.source is missing or not an object")
+    for name in ("lsn", "txId", "ts_ms", "ts_us"):
+        number = source.get(name)
+        if number is not None and (not isinstance(number, int) or isinstance(number, bool)):
+            raise EnvelopeError(f"{topic}: value.source.{name} is {number!r}, expected an integer")
     before, after = payload.get("before"), payload.get("after")
     for name, row in (("before", before), ("after", after)):
         if row is not None and not isinstance(row, dict):

@@ -325,13 +325,17 @@ class KafkaEventSource:
     ) -> None:
         self._stored_positions = stored_positions
         try:
+            options: dict[str, Any] = {
+                "max_poll_interval_ms": max_poll_interval_ms,
+                **_client_options(config),
+                **config.consumer_options,
+            }
             self._consumer = KafkaConsumer(
                 bootstrap_servers=config.bootstrap_servers,
                 group_id=config.group_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
-                max_poll_interval_ms=max_poll_interval_ms,
-                **_client_options(config),
+                **options,
             )
             self._consumer.subscribe(list(topics), listener=_SeekToStored(self))
         except KafkaError as exc:

@@ -113,20 +113,21 @@ class IngestPipeline:
             try:
                 decoded = event.decoded or decode_event(event.topic, event.key, event.value)
                 record = self._mapper.map_event(decoded)
+                cause = _cause(decoded, event)
+                if isinstance(record, SourceRecord):
+                    _check_storable(record)
             except (EnvelopeError, MappingFailed) as exc:
-                dead.append((event, str(exc)))
-                log.warning(
-                    "ingest.dead_letter",
-                    topic=event.topic,
-                    stream=event.stream,
-                    position=event.position,
-                    reason=str(exc),
-                )
+                self._dead_letter(dead, event, str(exc))
+                continue
+            except Exception as exc:
+                # A shape the decoder let through (a text LSN, an object where a number belongs):
+                # still this event's problem only, so it is kept with the reason, not raised.
+                self._dead_letter(dead, event, f"malformed event: {type(exc).__name__}: {exc}")
                 continue
             if isinstance(record, TableTruncated):
-                truncates.append((record, _cause(decoded, event)))
+                truncates.append((record, cause))
             elif record is not None:
-                incoming.append(IncomingRecord(record, _cause(decoded, event)))
+                incoming.append(IncomingRecord(record, cause))
         for attempt in Retrying(
             retry=retry_if_exception_type(StoreError),
             wait=wait_exponential_jitter(initial=0.1, max=5),
@@ -149,9 +150,42 @@ class IngestPipeline:
                 head = batch.head
         return BatchResult(len(events), len(incoming), len(dead), changes, head)
 
+    @staticmethod
+    def _dead_letter(dead: list[tuple[StreamEvent, str]], event: StreamEvent, reason: str) -> None:
+        dead.append((event, reason))
+        log.warning(
+            "ingest.dead_letter",
+            topic=event.topic,
+            stream=event.stream,
+            position=event.position,
+            reason=reason,
+        )
+
     def positions(self) -> dict[str, int]:
         """The last applied position of each stream, as committed in the store."""
         return self._store.load_positions(self.consumer)
+
+
+def _check_storable(record: SourceRecord) -> None:
+    """Refuse what PostgreSQL cannot store, before it fails the whole batch's transaction."""
+    for path, value in record.fields.items():
+        if _has_nul(value):
+            raise MappingFailed(
+                f"{record.key}: {path} contains a NUL character, which PostgreSQL cannot store"
+            )
+    for identifier in record.identifiers:
+        if "\x00" in identifier.value:
+            raise MappingFailed(f"{record.key}: a {identifier.type} identifier contains a NUL")
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False
 
 
 def _expand(
