@@ -3,12 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# npm writes this file on every install: newer than package-lock.json means the deps are current.
+NODE_DEPS := clients/node/node_modules/.package-lock.json
 
-.PHONY: protos check-protos help venv test test-unit test-integration lint typecheck check bench bench-quick clean
+.PHONY: protos check-protos help venv node-deps test test-unit test-integration lint typecheck check bench bench-quick clean
 
 help:
 	@echo "make test       create .venv, install, run the whole suite (real PostgreSQL + Kafka-protocol broker)"
 	@echo "make check      proto drift + ruff + mypy (strict) + the whole suite, exactly what CI runs"
+	@echo "make node-deps  install the Node.js client's dependencies (npm ci; make test does it)"
 	@echo "make protos     regenerate the client's protobuf/gRPC modules from protos/"
 	@echo "make bench      capture benchmark, each figure next to its baseline (writes bench/results/)"
 	@echo "make bench-quick the same, small (a smoke run)"
@@ -21,13 +24,20 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# The node client's test (tests/integration/test_node_client.py) runs it with these installed.
+$(NODE_DEPS): clients/node/package.json clients/node/package-lock.json
+	cd clients/node && npm ci --no-audit --no-fund
+	@touch $(NODE_DEPS)
+
+node-deps: $(NODE_DEPS)
+
+test: $(STAMP) $(NODE_DEPS)
 	$(PY) -m pytest -q
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) $(NODE_DEPS)
 	$(PY) -m pytest -q tests/integration
 
 lint: $(STAMP) check-protos

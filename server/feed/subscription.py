@@ -130,8 +130,9 @@ class Subscription(Generic[T]):
                         last_sent = loop.time()
                     self.position = max(self.position, read.last)
                     if loop.time() - last_sent >= self._heartbeat_s:
-                        # A long catch-up through changes that all miss the filter.
-                        yield Heartbeat(max(self._feed.head, self.position))
+                        # A long catch-up through changes that all miss the filter: the heartbeat
+                        # says how far this subscription got, not the feed (not delivered yet).
+                        yield Heartbeat(self.position)
                         last_sent = loop.time()
                     continue
                 wait_s = last_sent + self._heartbeat_s - loop.time()

@@ -12,6 +12,7 @@ import json
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, tuple_, update
@@ -73,6 +74,7 @@ class LoggedChange:
     changes: dict[str, Any]
     related: dict[str, Any]
     cause: list[dict[str, Any]]
+    committed_at: datetime | None = None
 
 
 class ProfileStore:
@@ -149,7 +151,9 @@ class ProfileStore:
                 .limit(limit)
             ).all()
         return [
-            LoggedChange(r.sequence, r.profile_id, r.kind, r.changes, r.related, r.cause)
+            LoggedChange(
+                r.sequence, r.profile_id, r.kind, r.changes, r.related, r.cause, r.committed_at
+            )
             for r in rows
         ]
 

@@ -69,8 +69,8 @@ def test_demo_people_become_the_right_profiles_and_live_changes_follow(
         "UP_STORE_DSN": store_dsn,
         "UP_CRM_DSN": source_dsn,
         "UP_LOYALTY_DSN": source_dsn,
-        "UP_TOKEN_LOYALTY": "loyalty-token",
-        "UP_TOKEN_CRM": "crm-token",
+        "UP_TOKEN_LOYALTY": "loyalty-token-0123456789",
+        "UP_TOKEN_CRM": "crm-token-0123456789abc",
     }.items():
         monkeypatch.setenv(name, value)
     config = demo_config("demo", kafka_bootstrap, unique_name("demo"))

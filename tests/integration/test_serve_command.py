@@ -92,6 +92,7 @@ def test_serve_answers_reads_and_streams_changes_then_stops_on_sigterm(new_datab
         apply(store, member("L1", 20, crm_id=1, tier="gold"))   # goes live through NOTIFY
         live = next(m for m in stream if m.HasField("change"))
         assert live.change.sequence == 2
+        assert abs(live.change.committed_at.seconds - time.time()) < 120
         assert [c.path for c in live.change.changes if c.path == "loyalty.tier"] == ["loyalty.tier"]
         stream.cancel()
         channel.close()
