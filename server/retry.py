@@ -40,7 +40,7 @@ def retry_transient(stop: threading.Event, what: str, action: Callable[[], None]
 
     retrying = Retrying(
         retry=retry_if_exception_type(TRANSIENT),
-        wait=wait_exponential_jitter(initial=0.5, max=30),
+        wait=wait_exponential_jitter(multiplier=0.5, max=30),
         stop=stop_when_event_set(stop),
         sleep=sleep,
         before_sleep=log_retry,

@@ -130,7 +130,7 @@ class IngestPipeline:
                 incoming.append(IncomingRecord(record, cause))
         for attempt in Retrying(
             retry=retry_if_exception_type(StoreError),
-            wait=wait_exponential_jitter(initial=0.1, max=5),
+            wait=wait_exponential_jitter(multiplier=0.1, max=5),
             stop=stop_after_attempt(5),
             reraise=True,
         ):
