@@ -69,9 +69,7 @@ class ProfileApplier:
         changed = {
             key: _with_unavailable_filled(item, stored.get(key))
             for key, item in latest.items()
-            if key not in stored
-            or item.record.position > stored[key].record.position
-            or item.force
+            if key not in stored or item.record.position > stored[key].record.position or item.force
         }
         if not changed:
             return []
@@ -141,7 +139,11 @@ class _Plan:
         self.images = images
         self.resolution = resolution
         self.old_profile = {key: stored.profile_id for key, stored in known.items()}
-        old_ids = sorted({p for p in self.old_profile.values() if p})
+        self.members_of: dict[str, list[RecordKey]] = {}
+        for key in sorted(self.old_profile):
+            if (profile_id := self.old_profile[key]) is not None:
+                self.members_of.setdefault(profile_id, []).append(key)
+        old_ids = sorted(self.members_of)
         self.old_profiles = batch.load_profiles(old_ids)
         self.rows: list[ChangeRow] = []
         self.profiles: list[StoredProfile] = []
@@ -150,15 +152,17 @@ class _Plan:
 
     def execute(self) -> list[ChangeRow]:
         heirs = self._heirs()
-        claimed: set[str] = set()
+        inherited_by: dict[frozenset[RecordKey], list[str]] = {}
+        for profile_id, heir in heirs.items():
+            inherited_by.setdefault(heir, []).append(profile_id)
+        new_ids = self._new_ids([c for c in self.resolution.clusters if c not in inherited_by])
         plans: list[tuple[frozenset[RecordKey], list[str], str]] = []
         for cluster in self.resolution.clusters:
             inherited = sorted(
-                (p for p, heir in heirs.items() if heir == cluster),
+                inherited_by.get(cluster, ()),
                 key=lambda p: (self.old_profiles[p].created_sequence, p),
             )
-            survivor = inherited[0] if inherited else self._new_id(cluster, claimed)
-            claimed.add(survivor)
+            survivor = inherited[0] if inherited else new_ids[cluster]
             plans.append((cluster, inherited, survivor))
         # Splits first, so a subscriber reads "split, created, updated" in that order.
         for cluster, inherited, survivor in plans:
@@ -193,7 +197,7 @@ class _Plan:
         return heirs
 
     def _members(self, profile_id: str) -> list[RecordKey]:
-        return sorted(k for k, p in self.old_profile.items() if p == profile_id)
+        return self.members_of.get(profile_id, [])
 
     def _apply_cluster(
         self, cluster: frozenset[RecordKey], inherited: list[str], survivor: str
@@ -245,14 +249,28 @@ class _Plan:
         for key in cluster:
             self.assignment[key] = survivor
 
-    def _new_id(self, cluster: frozenset[RecordKey], claimed: set[str]) -> str:
-        seed = str(min(cluster))
-        for attempt in range(1000):
-            name = seed if attempt == 0 else f"{seed}#{attempt}"
-            candidate = "p_" + uuid.uuid5(_ID_NAMESPACE, name).hex[:24]
-            if candidate not in claimed and not self.batch.profile_ids_taken([candidate]):
-                return candidate
-        raise RuntimeError(f"could not find a free profile id for {seed}")
+    def _new_ids(self, clusters: list[frozenset[RecordKey]]) -> dict[frozenset[RecordKey], str]:
+        """Ids for clusters that inherit none, derived from their smallest record key.
+
+        All first choices are checked in one query; a taken one (the founding record's earlier
+        profile merged away) moves on to ``<key>#1``, ``#2``…
+        """
+        seeds = {cluster: str(min(cluster)) for cluster in clusters}
+        firsts = {cluster: _profile_id(seed) for cluster, seed in seeds.items()}
+        taken = self.batch.profile_ids_taken(set(firsts.values()))
+        chosen: dict[frozenset[RecordKey], str] = {}
+        claimed: set[str] = set()
+        for cluster in clusters:
+            candidate, attempt = firsts[cluster], 0
+            while candidate in claimed or candidate in taken:
+                attempt += 1
+                if attempt > 1000:
+                    raise RuntimeError(f"no free profile id for {seeds[cluster]}")
+                candidate = _profile_id(f"{seeds[cluster]}#{attempt}")
+                taken |= self.batch.profile_ids_taken([candidate])
+            claimed.add(candidate)
+            chosen[cluster] = candidate
+        return chosen
 
     def _causes(self, keys: Any) -> list[dict[str, Any]]:
         return [self.changed[k].cause for k in sorted(keys) if k in self.changed]
@@ -289,6 +307,10 @@ class _Plan:
             for c in self.resolution.conflicts
             if isinstance(c.identifier, Identifier)
         )
+
+
+def _profile_id(seed: str) -> str:
+    return "p_" + uuid.uuid5(_ID_NAMESPACE, seed).hex[:24]
 
 
 def _with_unavailable_filled(item: IncomingRecord, stored: StoredRecord | None) -> IncomingRecord:

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, tuple_, update
+from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from unified_profile.cdc.offsets import ConnectorOffset
 
 from ..engine.records import Identifier, RecordKey, SourceRecord
+from . import batch_sql as sql
 from . import schema as t
 from .engine import create_store_engine
 
@@ -78,15 +79,22 @@ class LoggedChange:
 
 
 class ProfileStore:
-    """Access to the profile store database."""
+    """Access to the profile store database.
 
-    def __init__(self, engine: Engine) -> None:
+    Attributes:
+        engine: The SQLAlchemy engine (its connection pool).
+        dsn: The DSN it was opened with, when known: the gRPC service opens its own asyncio
+            pool for the read hot path on it (:mod:`.read_pool`).
+    """
+
+    def __init__(self, engine: Engine, dsn: str | None = None) -> None:
         self.engine = engine
+        self.dsn = dsn
 
     @classmethod
     def connect(cls, dsn: str) -> ProfileStore:
         """A store on ``dsn`` (the schema must be migrated: ``unified-profile migrate``)."""
-        return cls(create_store_engine(dsn, pool_size=4, max_overflow=4))
+        return cls(create_store_engine(dsn, pool_size=4, max_overflow=4), dsn)
 
     def close(self) -> None:
         """Release the connections."""
@@ -231,13 +239,12 @@ class StoreBatch:
         """The stored images of these records (missing ones are absent)."""
         if not keys:
             return {}
-        c = t.source_records.c
-        rows = self._c.execute(
-            select(t.source_records).where(
-                tuple_(c.source, c.table_name, c.record_key).in_(
-                    [(k.source, k.table, k.key) for k in keys]
-                )
-            )
+        rows = sql.run(
+            self._c,
+            sql.LOAD_RECORDS,
+            [k.source for k in keys],
+            [k.table for k in keys],
+            [k.key for k in keys],
         ).all()
         return {_record_key(r): StoredRecord(_record(r), r.profile_id) for r in rows}
 
@@ -245,11 +252,11 @@ class StoreBatch:
         """Records holding any of these identifiers."""
         if not identifiers:
             return set()
-        c = t.record_identifiers.c
-        rows = self._c.execute(
-            select(c.source, c.table_name, c.record_key).where(
-                tuple_(c.type, c.value).in_([(i.type, i.value) for i in identifiers])
-            )
+        rows = sql.run(
+            self._c,
+            sql.RECORDS_SHARING,
+            [i.type for i in identifiers],
+            [i.value for i in identifiers],
         ).all()
         return {RecordKey(*row) for row in rows}
 
@@ -284,23 +291,8 @@ class StoreBatch:
         """
         if not candidates:
             return set()
-        used = (
-            self._c.execute(
-                select(t.profiles.c.profile_id).where(t.profiles.c.profile_id.in_(candidates))
-            )
-            .scalars()
-            .all()
-        )
-        aliases = (
-            self._c.execute(
-                select(t.profile_aliases.c.alias_id).where(
-                    t.profile_aliases.c.alias_id.in_(candidates)
-                )
-            )
-            .scalars()
-            .all()
-        )
-        return set(used) | set(aliases)
+        ids = list(candidates)
+        return set(sql.run(self._c, sql.PROFILE_IDS_TAKEN, ids, ids).scalars().all())
 
     def load_overrides(self, keys: Collection[RecordKey]) -> list[tuple[str, RecordKey, RecordKey]]:
         """Steward overrides that involve any of these records: ``(kind, a, b)``."""
@@ -322,95 +314,68 @@ class StoreBatch:
         items = list(records)
         if not items:
             return
-        rows = [
-            {
-                "source": r.key.source,
-                "table_name": r.key.table,
-                "record_key": r.key.key,
-                "profile_id": profile_id,
-                "fields": dict(r.fields),
-                "identifiers": sorted([i.type, i.value] for i in r.identifiers),
-                "version": r.version,
-                "commit_time_us": r.commit_time_us,
-                "position": r.position,
-                "deleted": r.deleted,
-            }
-            for r, profile_id in items
-        ]
-        statement = insert(t.source_records).values(rows)
-        columns = (
-            "profile_id",
-            "fields",
-            "identifiers",
-            "version",
-            "commit_time_us",
-            "position",
-            "deleted",
+        keys = [r.key for r, _ in items]
+        sources, tables, texts = (
+            [k.source for k in keys],
+            [k.table for k in keys],
+            [k.key for k in keys],
         )
-        self._c.execute(
-            statement.on_conflict_do_update(
-                index_elements=["source", "table_name", "record_key"],
-                set_={name: statement.excluded[name] for name in columns},
-            )
+        sql.run(
+            self._c,
+            sql.UPSERT_RECORDS,
+            sources,
+            tables,
+            texts,
+            [profile_id for _, profile_id in items],
+            [sql.json_text(dict(r.fields)) for r, _ in items],
+            [sql.json_text(sorted([i.type, i.value] for i in r.identifiers)) for r, _ in items],
+            [r.version for r, _ in items],
+            [r.commit_time_us for r, _ in items],
+            [r.position for r, _ in items],
+            [r.deleted for r, _ in items],
         )
-        c = t.record_identifiers.c
-        self._c.execute(
-            delete(t.record_identifiers).where(
-                tuple_(c.source, c.table_name, c.record_key).in_(
-                    [(r.key.source, r.key.table, r.key.key) for r, _ in items]
-                )
-            )
-        )
+        sql.run(self._c, sql.DELETE_IDENTIFIERS, sources, tables, texts)
         # Deleted records keep their image (so older redeliveries stay ignored) but link nothing.
-        identifier_rows = [
-            {
-                "type": i.type,
-                "value": i.value,
-                "source": r.key.source,
-                "table_name": r.key.table,
-                "record_key": r.key.key,
-            }
-            for r, _ in items
-            if not r.deleted
-            for i in sorted(r.identifiers)
-        ]
-        if identifier_rows:
-            self._c.execute(insert(t.record_identifiers).values(identifier_rows))
+        linked = [(i, r.key) for r, _ in items if not r.deleted for i in sorted(r.identifiers)]
+        if linked:
+            sql.run(
+                self._c,
+                sql.INSERT_IDENTIFIERS,
+                [i.type for i, _ in linked],
+                [i.value for i, _ in linked],
+                [k.source for _, k in linked],
+                [k.table for _, k in linked],
+                [k.key for _, k in linked],
+            )
 
     def set_record_profiles(self, assignment: Mapping[RecordKey, str | None]) -> None:
         """Move records to other profiles (records whose image did not change)."""
-        c = t.source_records.c
-        for key, profile_id in assignment.items():
-            self._c.execute(
-                update(t.source_records)
-                .where(c.source == key.source, c.table_name == key.table, c.record_key == key.key)
-                .values(profile_id=profile_id)
-            )
+        if not assignment:
+            return
+        keys = list(assignment)
+        sql.run(
+            self._c,
+            sql.SET_RECORD_PROFILES,
+            [k.source for k in keys],
+            [k.table for k in keys],
+            [k.key for k in keys],
+            [assignment[k] for k in keys],
+        )
 
     def save_profiles(self, profiles: Iterable[StoredProfile]) -> None:
         """Upsert profiles."""
-        rows = [
-            {
-                "profile_id": p.profile_id,
-                "fields": p.fields,
-                "identifiers": p.identifiers,
-                "record_count": p.record_count,
-                "created_sequence": p.created_sequence,
-                "updated_sequence": p.updated_sequence,
-            }
-            for p in profiles
-        ]
+        rows = list(profiles)
         if not rows:
             return
-        statement = insert(t.profiles).values(rows)
-        self._c.execute(
-            statement.on_conflict_do_update(
-                index_elements=["profile_id"],
-                set_={
-                    name: statement.excluded[name]
-                    for name in ("fields", "identifiers", "record_count", "updated_sequence")
-                },
-            )
+        sql.run(
+            self._c,
+            sql.UPSERT_PROFILES,
+            [p.profile_id for p in rows],
+            [sql.json_text(p.fields) for p in rows],
+            [sql.json_text(p.identifiers) for p in rows],
+            [p.record_count for p in rows],
+            [p.created_sequence for p in rows],
+            [p.updated_sequence for p in rows],
         )
 
     def retire_profiles(self, merged_into: Mapping[str, str | None], sequence: int) -> None:
@@ -447,19 +412,17 @@ class StoreBatch:
         """Append changes with the next sequences; returns the new head."""
         if not changes:
             return self.head
-        rows = [
-            {
-                "sequence": self.head + i,
-                "profile_id": change.profile_id,
-                "kind": change.kind,
-                "changes": change.changes,
-                "related": change.related,
-                "cause": change.cause,
-            }
-            for i, change in enumerate(changes, start=1)
-        ]
-        self._c.execute(insert(t.change_log).values(rows))
-        self.head += len(rows)
+        sql.run(
+            self._c,
+            sql.APPEND_CHANGES,
+            range(self.head + 1, self.head + 1 + len(changes)),
+            [c.profile_id for c in changes],
+            [c.kind for c in changes],
+            [sql.json_text(c.changes) for c in changes],
+            [sql.json_text(c.related) for c in changes],
+            [sql.json_text(c.cause) for c in changes],
+        )
+        self.head += len(changes)
         self._c.execute(
             update(t.change_log_head).where(t.change_log_head.c.id == 1).values(sequence=self.head)
         )
@@ -506,20 +469,25 @@ class StoreBatch:
             )
         )
 
-    def save_override(
-        self, kind: str, a: RecordKey, b: RecordKey, actor: str, reason: str
-    ) -> None:
+    def save_override(self, kind: str, a: RecordKey, b: RecordKey, actor: str, reason: str) -> None:
         """Store a steward's force-link or never-link (replacing any earlier one for the pair)."""
         first, second = sorted((a, b))
         statement = insert(t.link_overrides).values(
-            kind=kind, record_a=_key_text(first), record_b=_key_text(second), actor=actor,
+            kind=kind,
+            record_a=_key_text(first),
+            record_b=_key_text(second),
+            actor=actor,
             reason=reason,
         )
         self._c.execute(
             statement.on_conflict_do_update(
                 index_elements=["record_a", "record_b"],
-                set_={"kind": statement.excluded.kind, "actor": statement.excluded.actor,
-                      "reason": statement.excluded.reason, "created_at": func.now()},
+                set_={
+                    "kind": statement.excluded.kind,
+                    "actor": statement.excluded.actor,
+                    "reason": statement.excluded.reason,
+                    "created_at": func.now(),
+                },
             )
         )
 
