@@ -11,7 +11,7 @@ fixed text and takes whole columns as array parameters: psycopg prepares it once
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -86,6 +86,20 @@ FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::te
      AS u(sequence, profile_id, kind, changes, related, cause)
 """
 
+RECORDS_OF_PROFILES = """
+SELECT source, table_name, record_key FROM up_source_records WHERE profile_id = ANY(%s::text[])
+"""
+
+LOAD_PROFILES = """
+SELECT profile_id, fields, identifiers, record_count, created_sequence, updated_sequence
+FROM up_profiles WHERE profile_id = ANY(%s::text[])
+"""
+
+LOAD_OVERRIDES = """
+SELECT kind, record_a, record_b FROM up_link_overrides
+WHERE record_a = ANY(%s::text[]) OR record_b = ANY(%s::text[])
+"""
+
 PROFILE_IDS_TAKEN = """
 SELECT profile_id FROM up_profiles WHERE profile_id = ANY(%s::text[])
 UNION
@@ -93,7 +107,7 @@ SELECT alias_id FROM up_profile_aliases WHERE alias_id = ANY(%s::text[])
 """
 
 
-def run(connection: Connection, statement: str, *columns: Sequence[Any]) -> Any:
+def run(connection: Connection, statement: str, *columns: Iterable[Any]) -> Any:
     """Execute a constant statement with whole columns as array parameters (no compilation)."""
     return connection.exec_driver_sql(statement, tuple(list(c) for c in columns))
 

@@ -112,7 +112,7 @@ class SequenceRecordingStore(ProfileStore):
     """
 
     def __init__(self, store: ProfileStore) -> None:
-        super().__init__(store.engine)
+        super().__init__(store.engine, store.dsn)
         self.batch_heads: list[int] = []
 
     @contextmanager
@@ -187,36 +187,6 @@ class ProfileReads:
             else:
                 rows = c.execute(_GET_PROFILES, {"ids": list(profile_ids)}).all()
         return {r.requested: ResolvedProfile(_profile(r), bool(r.via_alias)) for r in rows}
-
-    def lookup_profiles(
-        self, identifiers: Collection[Identifier], timeout_s: float | None = None
-    ) -> dict[Identifier, list[str]]:
-        """For each (normalised) identifier, the ids of the profiles holding it, sorted."""
-        if not identifiers:
-            return {}
-        ri, sr = t.record_identifiers.c, t.source_records.c
-        with self._read(timeout_s) as c:
-            rows = c.execute(
-                select(ri.type, ri.value, sr.profile_id)
-                .distinct()
-                .join_from(
-                    t.record_identifiers,
-                    t.source_records,
-                    and_(
-                        ri.source == sr.source,
-                        ri.table_name == sr.table_name,
-                        ri.record_key == sr.record_key,
-                    ),
-                )
-                .where(
-                    tuple_(ri.type, ri.value).in_([(i.type, i.value) for i in identifiers]),
-                    sr.profile_id.is_not(None),
-                )
-            ).all()
-        found: dict[Identifier, list[str]] = {}
-        for typ, value, profile_id in rows:
-            found.setdefault(Identifier(typ, value), []).append(profile_id)
-        return {key: sorted(ids) for key, ids in found.items()}
 
     # --- history ------------------------------------------------------------------------------
 

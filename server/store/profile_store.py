@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -264,10 +264,7 @@ class StoreBatch:
         """Records currently linked to these profiles."""
         if not profile_ids:
             return set()
-        c = t.source_records.c
-        rows = self._c.execute(
-            select(c.source, c.table_name, c.record_key).where(c.profile_id.in_(profile_ids))
-        ).all()
+        rows = sql.run(self._c, sql.RECORDS_OF_PROFILES, list(profile_ids)).all()
         return {RecordKey(*row) for row in rows}
 
     def live_records_of_table(self, source: str, table: str) -> list[RecordKey]:
@@ -299,12 +296,7 @@ class StoreBatch:
         if not keys:
             return []
         texts = [_key_text(k) for k in keys]
-        c = t.link_overrides.c
-        rows = self._c.execute(
-            select(c.kind, c.record_a, c.record_b).where(
-                or_(c.record_a.in_(texts), c.record_b.in_(texts))
-            )
-        ).all()
+        rows = sql.run(self._c, sql.LOAD_OVERRIDES, texts, texts).all()
         return [(kind, _parse_key_text(a), _parse_key_text(b)) for kind, a, b in rows]
 
     # --- writes -------------------------------------------------------------------------------
@@ -532,9 +524,7 @@ class StoreBatch:
 def _load_profiles(connection: Connection, profile_ids: list[str]) -> dict[str, StoredProfile]:
     if not profile_ids:
         return {}
-    rows = connection.execute(
-        select(t.profiles).where(t.profiles.c.profile_id.in_(profile_ids))
-    ).all()
+    rows = sql.run(connection, sql.LOAD_PROFILES, profile_ids).all()
     return {
         r.profile_id: StoredProfile(
             r.profile_id,
