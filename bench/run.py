@@ -20,14 +20,16 @@ from pathlib import Path
 
 import structlog
 
-from . import capture
+from . import apply, capture, serving
 from .report import Figure, Report
 from .scenario import Context, Scenario
 from .services import bench_services
 from .timing import peak_rss_mib
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SCENARIOS: dict[str, Scenario] = {"capture": capture.run}
+SCENARIOS: dict[str, Scenario] = {
+    "capture": capture.run, "apply": apply.run, "serving": serving.run
+}
 DEFAULT_SEED = 20_240_601
 
 

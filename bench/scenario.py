@@ -1,4 +1,4 @@
-"""What every benchmark scenario receives and returns (capture now; apply, reads, fan-out later)."""
+"""What every benchmark scenario receives and returns (capture, apply; reads, fan-out later)."""
 
 from __future__ import annotations
 

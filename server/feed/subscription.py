@@ -85,7 +85,7 @@ class Subscription(Generic[T]):
         self._heartbeat_s = heartbeat_s
         self._capacity = capacity
         self._buffer: deque[FeedEntry[T]] = deque()
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._live = False
         self._error: FeedError | None = None
 
@@ -140,14 +140,17 @@ class Subscription(Generic[T]):
                     yield Heartbeat(max(self._feed.head, self.position))
                     last_sent = loop.time()
                     continue
-                # Cleared with no await since the buffer was seen empty: a change offered after
-                # this point sets it again, so the wait cannot miss one.
-                self._ready.clear()
+                # Created with no await since the buffer was seen empty: a change offered after
+                # this point resolves it, so the wait cannot miss one. A bare future and a timer
+                # (not an Event under asyncio.timeout): this wait happens once per delivery per
+                # subscriber, and the lighter form is measurably cheaper at 1,000 subscribers.
+                waiter = self._waiter = loop.create_future()
+                timer = loop.call_at(last_sent + self._heartbeat_s, _resolve, waiter)
                 try:
-                    async with asyncio.timeout(wait_s):
-                        await self._ready.wait()
-                except TimeoutError:
-                    pass
+                    await waiter
+                finally:
+                    timer.cancel()
+                    self._waiter = None
         finally:
             self.close()
 
@@ -158,14 +161,14 @@ class Subscription(Generic[T]):
         if len(self._buffer) >= self._capacity:
             return False
         self._buffer.append(entry)
-        self._ready.set()
+        self._wake()
         return True
 
     def _leave_live(self, position: int) -> None:
         self._live = False
         self.position = position
         self.fallbacks += 1
-        self._ready.set()
+        self._wake()
 
     def _enter_live(self) -> None:
         self._live = True
@@ -173,4 +176,13 @@ class Subscription(Generic[T]):
     def _end(self, error: FeedError) -> None:
         self._error = error
         self._live = False
-        self._ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            _resolve(self._waiter)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -9,14 +9,14 @@ descriptors, with the value converted to the field's type (text → ``Timestamp`
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from google.protobuf import descriptor, field_mask_pb2, struct_pb2, timestamp_pb2
-from google.protobuf.message import Message
 
 from unified_profile.v1 import profile_pb2
 
@@ -92,6 +92,15 @@ def timestamp_from_datetime(moment: datetime) -> timestamp_pb2.Timestamp:
 
 def _timestamp_from_text(text: str) -> timestamp_pb2.Timestamp | None:
     out = timestamp_pb2.Timestamp()
+    # datetime's C parser first (FromJsonString parses with strptime, ~10x slower), unless the
+    # text has sub-microsecond digits, which fromisoformat would drop and FromJsonString keeps.
+    _, dot, fraction = text.partition(".")
+    if not dot or len(fraction) - len(fraction.lstrip("0123456789")) <= 6:
+        try:
+            out.FromDatetime(datetime.fromisoformat(text))
+            return out
+        except ValueError:
+            pass
     try:
         out.FromJsonString(text)
     except ValueError:
@@ -107,14 +116,20 @@ def _timestamp_from_text(text: str) -> timestamp_pb2.Timestamp | None:
 
 def provenance_to_proto(entry: Mapping[str, Any]) -> profile_pb2.Provenance:
     """One stored provenance entry as a ``Provenance``."""
-    return profile_pb2.Provenance(
-        source=str(entry.get("source", "")),
-        table=str(entry.get("table", "")),
-        record_key=str(entry.get("record_key", "")),
-        version=int(entry.get("version") or 0),
-        committed_at=timestamp_from_us(int(entry.get("commit_time_us") or 0)),
-        rule=str(entry.get("rule", "")),
-    )
+    out = profile_pb2.Provenance()
+    _fill_provenance(out, entry)
+    return out
+
+
+def _fill_provenance(out: profile_pb2.Provenance, entry: Mapping[str, Any]) -> None:
+    out.source = str(entry.get("source", ""))
+    out.table = str(entry.get("table", ""))
+    out.record_key = str(entry.get("record_key", ""))
+    out.version = int(entry.get("version") or 0)
+    seconds, rest = divmod(int(entry.get("commit_time_us") or 0), 1_000_000)
+    out.committed_at.seconds = seconds
+    out.committed_at.nanos = rest * 1000
+    out.rule = str(entry.get("rule", ""))
 
 
 def profile_to_proto(stored: StoredProfile) -> profile_pb2.Profile:
@@ -131,13 +146,13 @@ def profile_to_proto(stored: StoredProfile) -> profile_pb2.Profile:
         value = field.get("value")
         provenance = field.get("provenance") or []
         if provenance:
-            profile.provenance[path].CopyFrom(provenance_to_proto(provenance[0]))
+            _fill_provenance(profile.provenance[path], provenance[0])
         if value is None:
             continue
         if path.startswith(_TRAITS):
             profile.traits[path[len(_TRAITS):]].CopyFrom(to_value(value))
         else:
-            _set_path(profile, path.split("."), value)
+            _set_path(profile, path, value)
     for channel in ("email_marketing", "sms_marketing", "push"):
         # Consent.source: the source whose value won (of the choice, else of its time).
         for leaf in ("granted", "updated_at"):
@@ -148,41 +163,71 @@ def profile_to_proto(stored: StoredProfile) -> profile_pb2.Profile:
     return profile
 
 
-def _set_path(message: Message, parts: Sequence[str], value: Any) -> None:
-    """Set ``a.b.c`` on ``message``; paths or values the proto cannot hold are skipped."""
-    fields = message.DESCRIPTOR.fields_by_name
-    field = fields.get(parts[0])
-    if field is None:
+def _set_path(profile: profile_pb2.Profile, path: str, value: Any) -> None:
+    """Set ``a.b.c`` on ``profile``; paths or values the proto cannot hold are skipped."""
+    plan = _path_plan(path)
+    if plan is None:
         return
-    if len(parts) > 1:
-        if field.type == _FD.TYPE_MESSAGE and not _is_repeated(field):
-            _set_path(getattr(message, parts[0]), parts[1:], value)
-        return
-    if _is_repeated(field):
-        if field.type == _FD.TYPE_STRING:
-            items = value if isinstance(value, list) else [value]
-            getattr(message, parts[0]).extend(str(v) for v in items if v is not None)
-        return
-    if field.type == _FD.TYPE_MESSAGE:
-        message_type = field.message_type
-        if (
-            message_type is not None
-            and message_type.full_name == "google.protobuf.Timestamp"
-            and isinstance(value, str)
-        ):
+    parents, name, kind = plan
+    message: Any = profile
+    for parent in parents:
+        message = getattr(message, parent)
+    if kind == "strings":
+        items = value if isinstance(value, list) else [value]
+        getattr(message, name).extend(str(v) for v in items if v is not None)
+    elif kind == "timestamp":
+        if isinstance(value, str):
             moment = _timestamp_from_text(value)
             if moment is not None:
-                getattr(message, parts[0]).CopyFrom(moment)
-        return
-    try:
-        if field.type == _FD.TYPE_STRING:
-            setattr(message, parts[0], value if isinstance(value, str) else json.dumps(value))
-        elif field.type == _FD.TYPE_DOUBLE:
-            setattr(message, parts[0], float(value))
-        elif field.type == _FD.TYPE_BOOL:
-            setattr(message, parts[0], bool(value))
-    except (TypeError, ValueError):
-        return  # a value the mapping should not have produced: left out rather than failing
+                getattr(message, name).CopyFrom(moment)
+    else:
+        try:
+            if kind == "string":
+                setattr(message, name, value if isinstance(value, str) else json.dumps(value))
+            elif kind == "double":
+                setattr(message, name, float(value))
+            else:
+                setattr(message, name, bool(value))
+        except (TypeError, ValueError):
+            return  # a value the mapping should not have produced: left out rather than failing
+
+
+_Kind = Literal["strings", "timestamp", "string", "double", "bool"]
+_SCALAR_KINDS: dict[int, _Kind] = {
+    _FD.TYPE_STRING: "string", _FD.TYPE_DOUBLE: "double", _FD.TYPE_BOOL: "bool"
+}
+
+
+@functools.lru_cache(maxsize=4096)
+def _path_plan(path: str) -> tuple[tuple[str, ...], str, _Kind] | None:
+    """How a ``Profile`` field path is set: the parent messages, the field and its kind.
+
+    Walks the descriptors once per path (paths come from the mapping, so there are few);
+    ``None`` for a path the proto cannot hold (no such field, or through a repeated field).
+    """
+    parts = path.split(".")
+    descriptor_: Any = profile_pb2.Profile.DESCRIPTOR
+    for parent in parts[:-1]:
+        field = descriptor_.fields_by_name.get(parent)
+        if field is None or field.type != _FD.TYPE_MESSAGE or _is_repeated(field):
+            return None
+        descriptor_ = field.message_type
+    name = parts[-1]
+    field = descriptor_.fields_by_name.get(name)
+    if field is None:
+        return None
+    kind: _Kind | None = None
+    if _is_repeated(field):
+        kind = "strings" if field.type == _FD.TYPE_STRING else None
+    elif field.type == _FD.TYPE_MESSAGE:
+        message_type = field.message_type
+        is_timestamp = (
+            message_type is not None and message_type.full_name == "google.protobuf.Timestamp"
+        )
+        kind = "timestamp" if is_timestamp else None
+    else:
+        kind = _SCALAR_KINDS.get(field.type)
+    return None if kind is None else (tuple(parts[:-1]), name, kind)
 
 
 def _is_repeated(field: Any) -> bool:

@@ -57,8 +57,7 @@ class RunningServer:
         """Report NOT_SERVING, let calls in flight finish for ``grace`` seconds, then stop."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        # The pool's threads may still finish a write whose call was cut off; wait for them.
-        await asyncio.get_running_loop().run_in_executor(None, self.service.close)
+        await self.service.aclose()
         log.info("grpc.stopped", port=self.port)
 
     async def wait(self) -> None:
@@ -118,6 +117,7 @@ async def start_server(
         raise ServerStartError(f"cannot listen on {address}: {exc}") from exc
     if not port:
         raise ServerStartError(f"cannot listen on {address}")
+    await service.start()
     await server.start()
     host = address.rsplit(":", 1)[0]
     log.info(
@@ -142,6 +142,7 @@ def build_service(
         config.rules,
         subscriptions=subscriptions,
         db_threads=config.grpc.db_threads,
+        read_connections=config.grpc.read_connections,
     )
 
 

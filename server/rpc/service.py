@@ -1,11 +1,14 @@
 """The ``unified_profile.v1.ProfileService`` servicer (``grpc.aio``).
 
-Handlers validate the request (INVALID_ARGUMENT names the field), run the store work on a
-bounded thread pool (the store is synchronous) and convert the result. Deadlines are honoured
-twice: a read is abandoned when the call's remaining time runs out, and the same time is the
-store transaction's ``statement_timeout``, so the query stops too instead of holding a pooled
-connection for a client that has gone. Steward writes check the deadline before they start and
-then run to completion: a transaction is committed or not, never abandoned half-way.
+Handlers validate the request (INVALID_ARGUMENT names the field), read or write the store and
+convert the result. The read hot path (GetProfile, LookupProfile, BatchGetProfiles) runs on an
+asyncio connection pool in the server's event loop (:mod:`..store.read_pool`); the other reads and
+the steward writes run SQLAlchemy work on a bounded thread pool. Deadlines are honoured on both:
+a hot-path read is cancelled when the call's remaining time runs out, which cancels its statement
+in PostgreSQL too; a threaded read is abandoned at the deadline, and the same time is its
+transaction's ``statement_timeout``, so the query stops instead of holding a pooled connection
+for a client that has gone. Steward writes check the deadline before they start and then run to
+completion: a transaction is committed or not, never abandoned half-way.
 
 Steward semantics (see :mod:`.steward_ops`): MergeProfiles force-links one record of each
 profile; UnmergeProfiles never-links the named record with every other record of its profile;
@@ -35,6 +38,7 @@ from ..engine.survivorship import RuleSet
 from ..store.erasure import forget_profile
 from ..store.profile_reads import ProfileNotFound, ProfileReads, ResolvedProfile
 from ..store.profile_store import ProfileStore
+from ..store.read_pool import ProfileReadPool
 from . import convert
 from .auth import current_principal
 from .errors import FailedPrecondition, InvalidArgument, is_expected, status_of
@@ -104,6 +108,9 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
         db_threads: Threads running store work (ignored when ``executor`` is given).
         executor: Where store work runs; the service shuts it down in :meth:`close` only if it
             created it.
+        read_pool: The hot-path reads; by default the service opens one on ``store.dsn``
+            (``read_connections`` connections) and closes it in :meth:`aclose`.
+        read_connections: Connections of the default read pool.
     """
 
     def __init__(
@@ -115,7 +122,17 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
         subscriptions: ChangeSubscriptions | None = None,
         db_threads: int = 8,
         executor: Executor | None = None,
+        read_pool: ProfileReadPool | None = None,
+        read_connections: int = 8,
     ) -> None:
+        if read_pool is None:
+            if store.dsn is None:
+                raise TypeError("give a read_pool, or a store opened with ProfileStore.connect")
+            read_pool = ProfileReadPool(store.dsn, size=read_connections)
+            self._own_read_pool = True
+        else:
+            self._own_read_pool = False
+        self._read_pool = read_pool
         self._reads = ProfileReads.of(store)
         self._types = identifier_types
         self._rules = rules
@@ -123,6 +140,17 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
         self._subscriptions = subscriptions
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(db_threads, "rpc-store")
+
+    async def start(self) -> None:
+        """Open the read pool in the running event loop (else the first read opens it)."""
+        await self._read_pool.open()
+
+    async def aclose(self) -> None:
+        """Close what the service opened (after the server has stopped)."""
+        if self._own_read_pool:
+            await self._read_pool.close()
+        # The pool's threads may still finish a write whose call was cut off; wait for them.
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
 
     def close(self) -> None:
         """Stop the service's own thread pool (after the server has stopped)."""
@@ -139,6 +167,15 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
             return await future
         return await asyncio.wait_for(future, remaining)
 
+    async def _fetch(
+        self, context: Any, work: Callable[[ProfileReadPool, float | None], Awaitable[_T]]
+    ) -> _T:
+        """Run ``work(pool, timeout_s)`` in this event loop; cancel it (and its statements) at
+        the deadline."""
+        remaining = _remaining(context)
+        async with asyncio.timeout(remaining):
+            return await work(self._read_pool, remaining)
+
     async def _write(self, context: Any, work: Callable[[float | None], _T]) -> _T:
         """Run ``work(timeout_s)`` on the pool to completion (it was started within the deadline)."""
         remaining = _remaining(context)
@@ -151,8 +188,7 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
         """One profile by id or alias."""
         profile_id = validate_profile_id(request.profile_id, "profile_id")
         mask = convert.compile_field_mask(request.field_mask, "field_mask")
-        found = await self._read(context, lambda t: self._reads.get_profiles([profile_id], t))
-        resolved = found.get(profile_id)
+        resolved = await self._fetch(context, lambda pool, t: pool.get_profile(profile_id, t))
         if resolved is None:
             raise ProfileNotFound(f"profile {profile_id!r} not found")
         return pb.GetProfileResponse(
@@ -173,14 +209,7 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
                 "value", "is empty or a placeholder that identifies nobody once normalised"
             )
         mask = convert.compile_field_mask(request.field_mask, "field_mask")
-
-        def lookup(timeout_s: float | None) -> ResolvedProfile | int:
-            holders = self._reads.lookup_profiles([identifier], timeout_s).get(identifier, [])
-            if len(holders) != 1:
-                return len(holders)
-            return self._reads.get_profiles(holders, timeout_s).get(holders[0]) or 0
-
-        found = await self._read(context, lookup)
+        found = await self._fetch(context, lambda pool, t: pool.lookup_profile(identifier, t))
         if found == 0:
             raise ProfileNotFound(f"no profile holds this {identifier.type} value")
         if isinstance(found, int):
@@ -215,20 +244,25 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
             else:
                 raise InvalidArgument(f"refs[{i}]", "set profile_id or identifier")
 
-        def fetch(timeout_s: float | None) -> list[ResolvedProfile | None]:
+        async def fetch(
+            pool: ProfileReadPool, timeout_s: float | None
+        ) -> list[ResolvedProfile | None]:
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout_s is None else loop.time() + timeout_s
             identifiers = [v for kind, v in wanted if kind == "identifier" and v is not None]
-            holders = self._reads.lookup_profiles(identifiers, timeout_s)
+            holders = await pool.lookup_profiles(identifiers, timeout_s)
             # An identifier held by several profiles is ambiguous: not found (see LookupProfile).
             by_identifier = {i: ids[0] for i, ids in holders.items() if len(ids) == 1}
             ids = {v for kind, v in wanted if kind == "id"} | set(by_identifier.values())
-            profiles = self._reads.get_profiles(ids, timeout_s)
+            left = None if deadline is None else max(0.001, deadline - loop.time())
+            profiles = await pool.get_profiles(ids, left)
             return [
                 profiles.get(value if kind == "id" else by_identifier.get(value, ""))
                 if value is not None else None
                 for kind, value in wanted
             ]
 
-        found = await self._read(context, fetch)
+        found = await self._fetch(context, fetch)
         response = pb.BatchGetProfilesResponse()
         for ref, resolved in zip(request.refs, found, strict=True):
             result = response.results.add(ref=ref, found=resolved is not None)

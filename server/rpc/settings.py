@@ -100,7 +100,10 @@ class GrpcConfig(BaseModel):
         max_message_bytes: The largest message received or sent.
         max_concurrent_rpcs: Calls beyond this many in flight are refused with
             RESOURCE_EXHAUSTED instead of queueing without bound; unlimited when absent.
-        db_threads: Threads running store queries (the store's connection pool holds 8).
+        db_threads: Threads running the store work that is not on the read hot path (history,
+            explain, status, steward writes; the store's connection pool holds 8).
+        read_connections: Connections of the read hot path (GetProfile, LookupProfile,
+            BatchGetProfiles) per server process; calls beyond them wait for one.
         shutdown_grace_seconds: On stop, how long calls in flight may finish.
         reflection: Serve gRPC server reflection (for grpcurl and similar tools).
         reuse_port: Let several server processes share the port (SO_REUSEPORT). Off by default
@@ -115,6 +118,7 @@ class GrpcConfig(BaseModel):
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_concurrent_rpcs: int | None = Field(default=None, ge=1)
     db_threads: int = Field(default=8, ge=1, le=64)
+    read_connections: int = Field(default=8, ge=1, le=64)
     shutdown_grace_seconds: float = Field(default=5.0, ge=0, le=300)
     reflection: bool = True
     reuse_port: bool = False

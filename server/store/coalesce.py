@@ -4,8 +4,8 @@ Under load every connection of the read pool is busy, and each GetProfile would 
 for a round trip of its own. Instead, the reads that arrive while all connections are busy queue
 up, and the next free connection runs *all* of them (up to :data:`MAX_BATCH`) as one statement
 (``… WHERE id = ANY(…)``): the round trip, the statement's fixed cost in PostgreSQL and the
-driver's per-statement work are shared by the batch. A read that finds a connection free runs
-alone and at once, so an idle server answers with one single-key statement, without waiting to
+driver's per-statement work are shared by the batch. A read that finds a connection free is
+sent at once, alone, so an idle server answers with one single-key statement, without waiting to
 gather a batch.
 
 Deadlines: each reader waits for its result until its own deadline. A batch's statement runs
@@ -112,19 +112,16 @@ class Coalescer(Generic[_K, _V]):
         slots.register(self)
 
     async def read(self, key: _K, timeout_s: float | None) -> _V:
-        """The value for ``key``, at once on a free connection, else in the next batch.
+        """The value for ``key``: sent at once when a connection is free, else in the next batch.
 
         Raises:
             TimeoutError: ``timeout_s`` passed first.
         """
-        if self._slots.free > 0 and not self._queue:
-            self._slots.free -= 1
-            try:
-                async with asyncio.timeout(timeout_s):
-                    return await self._one(key)
-            finally:
-                self._slots.free += 1
-                self._slots.dispatch()
+        # The statement always runs in a task of its own, never in the caller's: a call is
+        # cancelled more than once at its deadline (the handler's timeout, gRPC's own), and a
+        # second cancellation arriving while psycopg cancels the statement in PostgreSQL would
+        # make it drop the connection with the statement still running. The batch task is
+        # cancelled once, by its own deadline.
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         reader: _Reader[_K, _V] = _Reader(key, deadline, loop.create_future())

@@ -137,6 +137,7 @@ class ProfileReadPool:
         )
         self._opened = False
         self._opening = asyncio.Lock()
+        self._detached_tasks: set[asyncio.Task[Any]] = set()
         # Few statements in flight make big batches: measured per GetProfile at 64 concurrent
         # calls, 8 in flight cost ~130 µs of this process's CPU, 2 in flight ~65 µs (the round
         # trip is the dominant cost, and a 2-core store runs no more than 2 at once anyway).
@@ -162,6 +163,9 @@ class ProfileReadPool:
     async def close(self) -> None:
         """Fail the reads in flight and close every connection."""
         await self._slots.close()
+        for task in list(self._detached_tasks):
+            task.cancel()
+        await asyncio.gather(*self._detached_tasks, return_exceptions=True)
         if self._opened:
             await self._pool.close()
             self._opened = False
@@ -191,8 +195,8 @@ class ProfileReadPool:
         """Profiles by id or alias, keyed by the id asked for; ids not found are absent."""
         if not profile_ids:
             return {}
-        async with asyncio.timeout(timeout_s):
-            return await self._get_many(list(profile_ids))
+        ids = list(profile_ids)
+        return await self._detached(lambda: self._get_many(ids), timeout_s)
 
     async def lookup_profiles(
         self, identifiers: Collection[Identifier], timeout_s: float | None = None
@@ -209,8 +213,27 @@ class ProfileReadPool:
                 found.setdefault(Identifier(typ, value), []).append(profile_id)
             return {key: sorted(ids) for key, ids in found.items()}
 
-        async with asyncio.timeout(timeout_s):
-            return await self._run(run)
+        return await self._detached(lambda: self._run(run), timeout_s)
+
+    async def _detached(
+        self, statement: Callable[[], Awaitable[_T]], timeout_s: float | None
+    ) -> _T:
+        """Run ``statement`` in a task of its own, cancelled once, at ``timeout_s``.
+
+        The caller may be cancelled any number of times (its deadline, gRPC's); only the task's
+        own timeout cancels the statement, so psycopg's cancel request to PostgreSQL is never
+        interrupted half-way (which would close the connection with the statement running).
+        """
+
+        async def bounded() -> _T:
+            async with asyncio.timeout(timeout_s):
+                return await statement()
+
+        task = asyncio.get_running_loop().create_task(bounded())
+        self._detached_tasks.add(task)
+        task.add_done_callback(self._detached_tasks.discard)
+        task.add_done_callback(_forget)
+        return await asyncio.shield(task)
 
     # --- statements ----------------------------------------------------------------------------
 
@@ -282,6 +305,12 @@ class ProfileReadPool:
             except PoolTimeout as exc:
                 raise StoreError(f"no store connection available: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    # Retrieve the outcome of a statement whose caller went away (no "never retrieved" warning).
+    if not task.cancelled():
+        task.exception()
 
 
 def _identifier_arrays(identifiers: list[Identifier]) -> dict[str, list[str]]:

@@ -1,0 +1,383 @@
+"""The engine under test, in a process of its own: embedded apply, or a Kafka consumer group member.
+
+One child per measurement, so that its memory figures are the engine's alone (the bench process
+holds the preload and the other scenarios' data) and every run starts cold, as a restarted engine
+does.
+
+* **embedded**: the child builds its workload's change events (what the connector hands the
+  in-memory sink), then feeds them to :meth:`IngestPipeline.apply` ``[engine] batch_events`` at a
+  time, as :class:`~unified_profile.server.ingest.consumers.EmbeddedIngest` does (each event
+  wrapped as a ``StreamEvent`` with ``decoded=`` set, stream ``source:<name>``, position = LSN).
+  Timed from the first ``apply`` call to the return of the last (its store commit).
+* **kafka**: the events are already in their topics; the child runs
+  :class:`~unified_profile.server.ingest.consumers.KafkaIngest` over a new consumer group, exactly
+  as ``run_kafka_engine`` builds it, with the pipeline wrapped only to timestamp each batch. Timed
+  from the first ``apply`` call (group join and the first fetch excluded, reported apart) to the
+  store commit of the batch that brings the store's positions to the topics' end offsets.
+
+Either run stops early, after the batch in progress, once ``cap_s`` seconds have passed: the figure
+is then the rate over what was applied (the JSON says how much), and a slow engine cannot stretch
+the suite past its time budget.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import resource
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import psycopg
+
+from unified_profile.cdc.config import KafkaConfig
+from unified_profile.cdc.connector import table_topic
+from unified_profile.cdc.envelope import decoded_from
+from unified_profile.cdc.kafka import KafkaEventSource
+from unified_profile.server.config import parse_service_config
+from unified_profile.server.ingest.consumers import KafkaIngest
+from unified_profile.server.ingest.pipeline import BatchResult, IngestPipeline, StreamEvent
+from unified_profile.server.ingest.service import build_pipeline, open_store
+
+from . import apply_data
+from .timing import host_cpu_shares, host_cpu_times, peak_rss_mib
+
+_CONTEXT = multiprocessing.get_context("spawn")
+
+
+@dataclass(frozen=True)
+class EngineJob:
+    """What one engine child does.
+
+    Attributes:
+        mode: ``embedded`` or ``kafka``.
+        config: The service config (as parsed TOML).
+        names: The sources' names.
+        workload: The events to apply (embedded: built in the child; kafka: already produced).
+        cap_s: Stop after the batch that runs past this many seconds.
+        end_offsets: Kafka only: ``kafka:<topic>:<partition>`` → the partition's end offset.
+    """
+
+    mode: Literal["embedded", "kafka"]
+    config: dict[str, Any]
+    names: apply_data.SourceNames
+    workload: apply_data.WorkloadSpec
+    cap_s: float
+    end_offsets: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class EngineResult:
+    """What the child measured.
+
+    Attributes:
+        events: Events applied (committed) in the timed window.
+        seconds: First ``apply`` call → return of the last one.
+        capped: The run stopped at ``cap_s`` before the workload's end.
+        records: Source records the batches carried.
+        profile_changes: Change-log entries the batches appended.
+        batch_seconds: Duration of each ``apply`` call, in order.
+        startup_seconds: Kafka: from creating the consumer to the first ``apply`` (group join, fetch).
+        reached_end: Kafka: the store's positions equal every partition's end offset - 1.
+        cpu_s: The child's user + system CPU during the window.
+        postgres_cpu_s: CPU of the store's PostgreSQL backends during the window (``None`` when
+            the server's processes are not readable here, e.g. ``UP_BENCH_PG_DSN`` on another host).
+        host_cpu_percent: The whole machine's CPU shares during the window.
+        rss_start_mib: Resident memory when the window opened (embedded: events already built).
+        rss_end_mib: Resident memory when it closed.
+        peak_rss_mib: The window's peak (``VmHWM``, reset when the window opened where Linux allows).
+        peak_reset: Whether that reset worked (else the peak covers the child's whole life).
+        error: The traceback, if the run failed.
+    """
+
+    events: int = 0
+    seconds: float = 0.0
+    capped: bool = False
+    records: int = 0
+    profile_changes: int = 0
+    batch_seconds: list[float] = field(default_factory=list)
+    startup_seconds: float | None = None
+    reached_end: bool | None = None
+    cpu_s: float = 0.0
+    postgres_cpu_s: float | None = None
+    host_cpu_percent: dict[str, float] | None = None
+    rss_start_mib: float = 0.0
+    rss_end_mib: float = 0.0
+    peak_rss_mib: float = 0.0
+    peak_reset: bool = False
+    error: str | None = None
+
+    @property
+    def per_second(self) -> float:
+        """Changes applied per second."""
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_engine(job: EngineJob, timeout: float) -> EngineResult:
+    """Run ``job`` in a fresh child process and return what it measured.
+
+    Raises:
+        RuntimeError: The child failed or did not report within ``timeout`` seconds.
+    """
+    parent_end, child_end = _CONTEXT.Pipe()
+    process = _CONTEXT.Process(
+        target=child_main, args=(job, child_end), name=f"bench-engine-{job.mode}", daemon=True
+    )
+    process.start()
+    child_end.close()
+    try:
+        if not parent_end.poll(timeout):
+            raise RuntimeError(f"the {job.mode} engine did not report within {timeout:.0f}s")
+        result: EngineResult = parent_end.recv()
+    except EOFError:
+        raise RuntimeError(
+            f"the {job.mode} engine process died (exit {process.exitcode})"
+        ) from None
+    finally:
+        process.join(30)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    if result.error:
+        raise RuntimeError(f"the {job.mode} engine failed:\n{result.error}")
+    return result
+
+
+def child_main(job: EngineJob, report: multiprocessing.connection.Connection) -> None:
+    """Entry point of the child."""
+    _quiet_logging()
+    try:
+        result = _embedded(job) if job.mode == "embedded" else _kafka(job)
+    except BaseException:
+        result = EngineResult(error=traceback.format_exc())
+    report.send(result)
+
+
+# --- embedded --------------------------------------------------------------------------------
+
+
+def _embedded(job: EngineJob) -> EngineResult:
+    config = parse_service_config(job.config, "bench")
+    names = job.names
+    events = [e for chunk in apply_data.events(job.workload, names, 10_000) for e in chunk]
+    streams = {
+        names.customers_topic: f"source:{names.crm}",
+        names.members_topic: f"source:{names.loyalty}",
+    }
+    store = open_store(config)
+    try:
+        pipeline = build_pipeline(config, store, "embedded")
+        pipeline.positions()  # connect before the clock starts
+        size = config.engine.batch_events
+        window = _Window.open(config.store.dsn)
+        result = EngineResult()
+        started = time.perf_counter()
+        for offset in range(0, len(events), size):
+            if time.perf_counter() - started > job.cap_s:
+                result.capped = True
+                break
+            batch_started = time.perf_counter()
+            applied = pipeline.apply(
+                [
+                    StreamEvent(streams[e.topic], e.lsn, e.topic, decoded=decoded_from(e))
+                    for e in events[offset : offset + size]
+                ]
+            )
+            result.batch_seconds.append(time.perf_counter() - batch_started)
+            _count(result, applied)
+        result.seconds = time.perf_counter() - started
+        window.close(result)
+        return result
+    finally:
+        store.close()
+
+
+# --- kafka -----------------------------------------------------------------------------------
+
+
+class _TimedPipeline:
+    """The pipeline, timestamping each batch (``KafkaIngest`` only calls ``apply``)."""
+
+    def __init__(self, pipeline: IngestPipeline, dsn: str) -> None:
+        self._pipeline = pipeline
+        self._dsn = dsn
+        self.first_started: float | None = None
+        self.last_finished: float | None = None
+        self.result = EngineResult()
+        self.window: _Window | None = None
+
+    def apply(self, events: Sequence[StreamEvent]) -> BatchResult:
+        if self.window is None:
+            self.window = _Window.open(self._dsn, collect=False)
+        started = time.perf_counter()
+        if self.first_started is None:
+            self.first_started = started
+        applied = self._pipeline.apply(events)
+        self.last_finished = time.perf_counter()
+        self.result.batch_seconds.append(self.last_finished - started)
+        _count(self.result, applied)
+        return applied
+
+    def positions(self) -> dict[str, int]:
+        return self._pipeline.positions()
+
+
+def _kafka(job: EngineJob) -> EngineResult:
+    config = parse_service_config(job.config, "bench")
+    transport = config.capture.transport
+    assert isinstance(transport, KafkaConfig)
+    store = open_store(config)
+    try:
+        pipeline = build_pipeline(config, store, transport.group_id)
+        timed = _TimedPipeline(pipeline, config.store.dsn)
+        topics = [table_topic(s.name, t.table) for s in config.capture.sources for t in s.tables]
+        expected = sum(job.end_offsets.values())
+        created = time.perf_counter()
+        source = KafkaEventSource(transport, topics, pipeline.positions)
+        ingest = KafkaIngest(source, timed, config.engine.batch_events)  # type: ignore[arg-type]
+        stop = threading.Event()
+        failure: list[str] = []
+
+        def consume() -> None:
+            try:
+                ingest.run(stop)
+            except BaseException:
+                failure.append(traceback.format_exc())
+
+        thread = threading.Thread(target=consume, name="bench-kafka-ingest", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + job.cap_s + 120.0  # the join must not hang the suite
+        capped = False
+        while thread.is_alive() and timed.result.events < expected:
+            first = timed.first_started
+            if first is not None and time.perf_counter() - first > job.cap_s:
+                capped = True
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"kafka engine: {timed.result.events} of {expected} events")
+            time.sleep(0.05)
+        stop.set()
+        thread.join(120)
+        if failure:
+            raise RuntimeError(failure[0])
+        result = timed.result
+        assert timed.first_started is not None and timed.last_finished is not None
+        result.seconds = timed.last_finished - timed.first_started
+        result.startup_seconds = timed.first_started - created
+        result.capped = capped and result.events < expected
+        assert timed.window is not None
+        timed.window.close(result)
+        positions = pipeline.positions()
+        result.reached_end = all(
+            positions.get(stream, -1) == end - 1 for stream, end in job.end_offsets.items() if end
+        )
+        return result
+    finally:
+        store.close()
+
+
+# --- shared ----------------------------------------------------------------------------------
+
+
+def _count(result: EngineResult, applied: BatchResult) -> None:
+    result.events += applied.events
+    result.records += applied.records
+    result.profile_changes += len(applied.changes)
+
+
+@dataclass
+class _Window:
+    """CPU and memory readings around the timed window."""
+
+    dsn: str
+    cpu_s: float
+    backends: dict[int, float] | None
+    host: tuple[int, ...] | None
+    rss_mib: float
+    peak_reset: bool
+
+    @classmethod
+    def open(cls, dsn: str, collect: bool = True) -> _Window:
+        if collect:
+            gc.collect()
+        backends = _backend_cpu(dsn)
+        return cls(dsn, _cpu_seconds(), backends, host_cpu_times(), _rss_mib(), _reset_peak_rss())
+
+    def close(self, result: EngineResult) -> None:
+        result.cpu_s = _cpu_seconds() - self.cpu_s
+        after = _backend_cpu(self.dsn)
+        if self.backends is not None and after is not None:
+            result.postgres_cpu_s = sum(
+                cpu - self.backends.get(pid, 0.0) for pid, cpu in after.items()
+            )
+        result.host_cpu_percent = host_cpu_shares(self.host, host_cpu_times())
+        result.rss_start_mib = self.rss_mib
+        result.rss_end_mib = _rss_mib()
+        result.peak_rss_mib = peak_rss_mib()
+        result.peak_reset = self.peak_reset
+
+
+def _backend_cpu(dsn: str) -> dict[int, float] | None:
+    """CPU seconds of every other client backend of the store's database (the engine's pool).
+
+    ``None`` when a backend's ``/proc`` entry cannot be read (the server runs elsewhere).
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pids = [
+            int(pid)
+            for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+        ]
+    out: dict[int, float] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        out[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _rss_mib() -> float:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _reset_peak_rss() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux ≥ 4.0: write ``5`` to ``clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _quiet_logging() -> None:
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.ERROR)

@@ -1,0 +1,506 @@
+"""The serving scenarios: unary reads next to an echo RPC, change fan-out, commit → subscriber.
+
+Everything runs against servers started as ``unified-profile serve`` runs them
+(:mod:`bench.serving_proc`), in a database of the scenario's own holding N preloaded profiles
+(written with ``COPY`` exactly as the apply scenario preloads them). Load generators and
+subscribers are processes of their own (:mod:`bench.serving_load`, :mod:`bench.serving_subs`),
+so no client shares a GIL with a server. See ``bench/README.md`` for what each figure means.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from unified_profile.server.config import parse_service_config
+from unified_profile.server.store import migrate
+
+from . import apply, apply_data
+from .report import Figure
+from .scenario import Context, ScenarioResult
+from .serving_e2e import EndToEndJob, measure_end_to_end
+from .serving_load import LoadJob, LoadResult, Method, run_load
+from .serving_proc import ServerGroup, postgres_cpu_s
+from .serving_subs import SubscribeJob, SubscriberGroup, WriterJob, write_changes
+from .timing import host_cpu_shares, host_cpu_times, summarize_seconds
+
+READ_TARGET_QPS = 4_000
+READ_TARGET_RATIO = 0.8
+READ_TARGET_P99_MS = 5.0
+FANOUT_TARGET_P99_MS = 100.0
+TOKEN = "bench-serving-token-0123456789"
+_LOAD_PROCESSES = 2
+_CHANNELS_PER_PROCESS = 4
+_METHOD_NAMES = {"echo": "echo (health Check)", "get": "GetProfile", "lookup": "LookupProfile"}
+
+
+@dataclass(frozen=True)
+class ServingSizes:
+    """How big a serving run is.
+
+    Attributes:
+        profiles: Profiles stored before the measurements.
+        server_processes: Server process counts the reads are measured with.
+        concurrency: Calls in flight the reads are measured at.
+        read_seconds: Each read measurement's window (after ``warmup_s``).
+        warmup_s: Calls made before each window.
+        repeats: How often each read measurement is repeated (the median QPS is reported).
+        subscribers: Subscriber counts of the fan-out measurement.
+        fanout_rate: Store commits (one change each) per second during fan-out.
+        fanout_seconds: How long the writer writes (the first ``warmup_s`` not counted).
+        e2e_rate: Source commits (new customers) per second, end to end.
+        e2e_seconds: How long the source writer writes (the first ``warmup_s`` not counted).
+        e2e_subscribers: Subscriber counts end to end (the first is the target's).
+    """
+
+    profiles: int
+    server_processes: tuple[int, ...]
+    concurrency: tuple[int, ...]
+    read_seconds: float
+    warmup_s: float
+    repeats: int
+    subscribers: tuple[int, ...]
+    fanout_rate: float
+    fanout_seconds: float
+    e2e_rate: float
+    e2e_seconds: float
+    e2e_subscribers: tuple[int, ...]
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> ServingSizes:
+        """The full or the quick sizes."""
+        if quick:
+            return cls(
+                profiles=10_000, server_processes=(1, 2), concurrency=(1, 16, 64),
+                read_seconds=2.0, warmup_s=0.5, repeats=1, subscribers=(100, 1_000),
+                fanout_rate=10.0, fanout_seconds=6.0,
+                e2e_rate=1_000.0, e2e_seconds=6.0, e2e_subscribers=(100, 10),
+            )
+        return cls(
+            profiles=100_000, server_processes=(1, 2), concurrency=(1, 16, 64),
+            read_seconds=6.0, warmup_s=1.0, repeats=2, subscribers=(100, 1_000),
+            fanout_rate=10.0, fanout_seconds=20.0,
+            e2e_rate=1_000.0, e2e_seconds=20.0, e2e_subscribers=(100, 10),
+        )
+
+
+@dataclass(frozen=True)
+class Store:
+    """The scenario's database and the service config (as parsed TOML) serving it."""
+
+    dsn: str
+    config: dict[str, Any]
+    names: apply_data.SourceNames
+    profile_ids: list[str]
+    crm_ids: list[str]
+
+
+def run(ctx: Context, sizes: ServingSizes | None = None) -> ScenarioResult:
+    """Preload, then measure reads, fan-out and (embedded) commit → subscriber."""
+    sizes = sizes or ServingSizes.for_mode(ctx.quick)
+    admin = make_conninfo(ctx.services.dsn, dbname="postgres")
+    database = f"up_bench_{ctx.run_id}_serving"
+    _create_database(admin, database)
+    try:
+        store, preload = _prepare(ctx, make_conninfo(ctx.services.dsn, dbname=database), sizes)
+        reads = measure_reads(store, sizes)
+        fanout = measure_fanout(store, sizes, ctx.seed)
+        embedded: dict[str, Any] = {}
+        first_id = sizes.profiles + 1
+        for round_, subscribers in enumerate(sizes.e2e_subscribers):
+            embedded[str(subscribers)] = measure_end_to_end(EndToEndJob(
+                dsn=store.dsn, config=store.config, token=TOKEN, names=store.names,
+                seed=ctx.seed, first_id=first_id, rate=sizes.e2e_rate,
+                seconds=sizes.e2e_seconds, warmup_s=sizes.warmup_s + 1.0,
+                subscribers=subscribers, slot=f"bench_{ctx.run_id}_e2e{round_}",
+            ))
+            first_id += round(sizes.e2e_rate * sizes.e2e_seconds)
+    finally:
+        _drop_database(admin, database)
+    result = ScenarioResult(details={
+        "sizes": asdict(sizes), "preload": preload, "reads": reads, "fanout": fanout,
+        "end_to_end_embedded": embedded,
+    })
+    result.figures = (
+        _read_figures(reads) + _fanout_figures(fanout) + _end_to_end_figures(embedded, sizes)
+    )
+    result.notes = _notes(sizes, reads, fanout, embedded)
+    return result
+
+
+def _prepare(ctx: Context, dsn: str, sizes: ServingSizes) -> tuple[Store, dict[str, Any]]:
+    names = apply_data.SourceNames.for_run(ctx.run_id)
+    config = apply_data.engine_config(
+        dsn, ctx.services.bootstrap_servers, names,
+        group_id=f"bench_{ctx.run_id}_serving", offsets_topic=f"bench_{ctx.run_id}_serving.offsets",
+    )
+    config["grpc"] = {
+        "tokens": [
+            {"name": "bench", "token": TOKEN, "scopes": ["profiles.read", "profiles.subscribe"]}
+        ],
+    }
+    parsed = parse_service_config(config, "bench")
+    migrate.upgrade(dsn)
+    preloader = apply_data.Preloader(ctx.seed, names.crm, parsed.rules)
+    preload = apply.preload(dsn, preloader, 1, sizes.profiles)
+    ids = range(1, sizes.profiles + 1)
+    profile_ids = [apply_data.profile_id_of(apply_data.customer_key(names.crm, i)) for i in ids]
+    return Store(dsn, config, names, profile_ids, [str(i) for i in ids]), preload
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+
+def measure_reads(store: Store, sizes: ServingSizes) -> dict[str, Any]:
+    """QPS and latency of echo, GetProfile and LookupProfile, per server processes and concurrency.
+
+    The three methods are measured one after the other for each concurrency, repeated
+    ``sizes.repeats`` times, so that the echo baseline sees the same machine as the reads.
+    """
+    out: dict[str, Any] = {}
+    for processes in sizes.server_processes:
+        runs: dict[str, dict[int, list[dict[str, Any]]]] = {}
+        with ServerGroup(store.config, processes) as servers:
+            _check_answers(servers.target, store)
+            for repeat in range(sizes.repeats):
+                for concurrency in sizes.concurrency:
+                    for method in ("echo", "get", "lookup"):
+                        measured = _measure(servers, store, method, concurrency, sizes, repeat)
+                        runs.setdefault(method, {}).setdefault(concurrency, []).append(measured)
+        out[str(processes)] = {
+            method: {str(c): _combine(rs) for c, rs in by_c.items()} for method, by_c in runs.items()
+        }
+    return out
+
+
+def _measure(
+    servers: ServerGroup, store: Store, method: Method, concurrency: int, sizes: ServingSizes,
+    repeat: int,
+) -> dict[str, Any]:
+    processes = 1 if concurrency == 1 else _LOAD_PROCESSES
+    per_process = concurrency // processes
+    keys = store.crm_ids if method == "lookup" else store.profile_ids
+    start_at = time.monotonic() + 2.0  # the children's start-up (spawn + imports) fits in it
+    jobs = [
+        LoadJob(
+            target=servers.target, method=method, keys=keys if method != "echo" else ["-"],
+            concurrency=per_process, channels=min(_CHANNELS_PER_PROCESS, per_process),
+            token=TOKEN, start_at=start_at, warmup_s=sizes.warmup_s,
+            duration_s=sizes.read_seconds, seed=1_000 * repeat + i,
+        )
+        for i in range(processes)
+    ]
+    begin = start_at + sizes.warmup_s
+    with psycopg.connect(store.dsn, autocommit=True) as conn:
+        window = _WindowSampler(servers, conn, begin, begin + sizes.read_seconds)
+        results = run_load(jobs, timeout=60.0 + sizes.warmup_s + sizes.read_seconds)
+        window.join()
+    calls = sum(r.calls for r in results)
+    latency = summarize_seconds([x for r in results for x in r.latencies_s])
+
+    def per_call(seconds: float | None) -> float | None:
+        return seconds / calls * 1e6 if calls and seconds is not None else None
+
+    return {
+        "qps": calls / sizes.read_seconds,
+        "calls": calls,
+        "errors": _merge_errors(results),
+        "p50_ms": latency.p50_ms,
+        "p99_ms": latency.p99_ms,
+        "max_ms": latency.max_ms,
+        # CPU inside the window per call: where the two cores went.
+        "server_cpu_us_per_call": per_call(window.delta("server")),
+        "postgres_cpu_us_per_call": per_call(window.delta("postgres")),
+        "load_cpu_us_per_call": per_call(sum(r.cpu_s for r in results)),
+        "host_cpu_percent": host_cpu_shares(window.host[0], window.host[1])
+        if len(window.host) == 2 else None,
+    }
+
+
+class _WindowSampler:
+    """Samples server, PostgreSQL and host CPU at a window's start and end (timer threads)."""
+
+    def __init__(self, servers: ServerGroup, conn: Any, begin: float, end: float) -> None:
+        self._servers = servers
+        self._conn = conn
+        self.host: list[Any] = []
+        self._values: dict[str, list[float | None]] = {"server": [], "postgres": []}
+        self._timers = [
+            threading.Timer(max(0.0, at - time.monotonic()), self._sample) for at in (begin, end)
+        ]
+        for timer in self._timers:
+            timer.start()
+
+    def _sample(self) -> None:
+        self.host.append(host_cpu_times())
+        self._values["server"].append(self._servers.cpu_s())
+        self._values["postgres"].append(postgres_cpu_s(self._conn))
+
+    def join(self) -> None:
+        for timer in self._timers:
+            timer.join()
+
+    def delta(self, what: str) -> float | None:
+        values = self._values[what]
+        if len(values) != 2 or values[0] is None or values[1] is None:
+            return None
+        return values[1] - values[0]
+
+
+def _combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median QPS stands for the measurement; every run is kept."""
+    ordered = sorted(runs, key=lambda r: r["qps"])
+    median = ordered[(len(ordered) - 1) // 2]
+    return {**median, "qps_runs": [r["qps"] for r in runs],
+            "qps_median": statistics.median(r["qps"] for r in runs)}
+
+
+def _merge_errors(results: list[LoadResult]) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for result in results:
+        for name, count in result.errors.items():
+            merged[name] = merged.get(name, 0) + count
+    return merged
+
+
+def _check_answers(target: str, store: Store) -> None:
+    """The load generators do not parse responses: check here that the reads answer right."""
+    import grpc
+
+    from unified_profile.v1 import profile_service_pb2 as pb
+    from unified_profile.v1 import profile_service_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {TOKEN}"),)
+    with grpc.insecure_channel(target) as channel:
+        stub = profile_service_pb2_grpc.ProfileServiceStub(channel)
+        for index in (0, len(store.profile_ids) - 1):
+            got = stub.GetProfile(
+                pb.GetProfileRequest(profile_id=store.profile_ids[index]), metadata=metadata,
+                timeout=10,
+            )
+            found = stub.LookupProfile(
+                pb.LookupProfileRequest(identifier_type="crm_id", value=store.crm_ids[index]),
+                metadata=metadata, timeout=10,
+            )
+            if not (got.profile.profile_id == found.profile.profile_id
+                    == store.profile_ids[index]) or not got.profile.person.given_name:
+                raise RuntimeError(f"wrong answer for profile {store.profile_ids[index]}")
+
+
+def _read_figures(reads: dict[str, Any]) -> list[Figure]:
+    figures: list[Figure] = []
+    for processes, by_method in reads.items():
+        where = f"{processes} server process{'es' if processes != '1' else ''}"
+        if "echo" not in by_method:
+            continue
+        echo = by_method["echo"]
+        for method in ("get", "lookup"):
+            name = _METHOD_NAMES[method]
+            for concurrency, measured in by_method[method].items():
+                baseline = echo[concurrency]
+                ratio = measured["qps"] / baseline["qps"] if baseline["qps"] else 0.0
+                high = concurrency == "64"
+                target = f"≥ {READ_TARGET_RATIO} x echo" + (
+                    f" and ≥ {READ_TARGET_QPS:,}/s" if high else ""
+                )
+                met = ratio >= READ_TARGET_RATIO and (
+                    not high or measured["qps"] >= READ_TARGET_QPS
+                )
+                figures.append(Figure(
+                    f"{name} QPS, {concurrency} in flight, {where}", measured["qps"], "calls/s",
+                    baseline=baseline["qps"], baseline_name="echo, same server and load",
+                    target=target, met=met,
+                ))
+                p99_target = concurrency in ("1", "16")
+                figures.append(Figure(
+                    f"{name} p99, {concurrency} in flight, {where}", measured["p99_ms"], "ms",
+                    baseline=baseline["p99_ms"], baseline_name="echo p99",
+                    target=f"≤ {READ_TARGET_P99_MS:.0f} ms" if p99_target else None,
+                    met=measured["p99_ms"] <= READ_TARGET_P99_MS if p99_target else None,
+                ))
+    return figures
+
+
+# --- fan-out ---------------------------------------------------------------------------------
+
+
+def measure_fanout(store: Store, sizes: ServingSizes, seed: int) -> dict[str, Any]:
+    """Deliveries/s and store commit → subscriber latency for each subscriber count."""
+    out: dict[str, Any] = {}
+    version_base = 10**15  # above every preloaded version (µs timestamps ~1.7e15)
+    runs = [(p, s) for p in sizes.server_processes for s in sizes.subscribers]
+    for round_, (processes, subscribers) in enumerate(runs):
+        with ServerGroup(store.config, processes) as servers:
+            per_process = -(-subscribers // _LOAD_PROCESSES)
+            group = SubscriberGroup([
+                SubscribeJob(servers.target, TOKEN, min(per_process, subscribers - i * per_process))
+                for i in range(_LOAD_PROCESSES) if subscribers - i * per_process > 0
+            ])
+            try:
+                group.start()
+                changes = round(sizes.fanout_rate * sizes.fanout_seconds)
+                cpu_before, server_cpu_before = host_cpu_times(), servers.cpu_s()
+                written = write_changes(
+                    WriterJob(
+                        config=store.config, source=store.names.crm, seed=seed,
+                        customers=len(store.profile_ids), rate=sizes.fanout_rate,
+                        changes=changes, first_version=version_base * (round_ + 2),
+                    ),
+                    timeout=120.0 + sizes.fanout_seconds,
+                )
+                time.sleep(2.0)  # the last changes reach every subscriber
+                cpu_after, server_cpu_after = host_cpu_times(), servers.cpu_s()
+                received = group.stop()
+            finally:
+                group.kill()
+        out[f"{processes}/{subscribers}"] = _delivery_stats(
+            written.sequences, written.times, received, subscribers, sizes.warmup_s + 2.0,
+            sizes.fanout_rate,
+        ) | {
+            "server_processes": processes,
+            "server_cpu_s": server_cpu_after - server_cpu_before,
+            "host_cpu_percent": host_cpu_shares(cpu_before, cpu_after),
+        }
+    return out
+
+
+def _delivery_stats(
+    sequences: Any, times: Any, received: Any, subscribers: int, skip_s: float, rate: float,
+) -> dict[str, Any]:
+    """Latency of every delivery of a change committed after the first ``skip_s`` seconds."""
+    committed = dict(zip(sequences, times, strict=True))
+    first = sequences[min(len(sequences) - 1, round(skip_s * rate))] if sequences else 0
+    window = [s for s in sequences if s >= first]
+    latencies: list[float] = []
+    delivered = 0
+    last_receive = 0.0
+    for part in received:
+        for sequence, at in zip(part.sequences, part.times, strict=True):
+            if sequence in committed and sequence >= first:
+                delivered += 1
+                latencies.append(at - committed[sequence])
+                last_receive = max(last_receive, at)
+    expected = len(window) * subscribers
+    span = (committed[window[-1]] - committed[window[0]]) if len(window) > 1 else 0.0
+    # A delivery that never came counts as infinitely late: p99 is then "inf", not a figure over
+    # the deliveries that happened to make it.
+    latency = summarize_seconds(latencies + [math.inf] * max(0, expected - delivered))
+    return {
+        "subscribers": subscribers,
+        "changes_counted": len(window),
+        "deliveries": delivered,
+        "deliveries_expected": expected,
+        "deliveries_per_s": delivered / span if span else 0.0,
+        "commit_to_receive": asdict(latency),
+        "errors": {k: v for part in received for k, v in part.errors.items()},
+    }
+
+
+def _fanout_figures(fanout: dict[str, Any]) -> list[Figure]:
+    figures: list[Figure] = []
+    for stats in fanout.values():
+        latency = stats["commit_to_receive"]
+        complete = stats["deliveries"] == stats["deliveries_expected"]
+        processes = stats["server_processes"]
+        what = (
+            f"fan-out to {stats['subscribers']:,} subscribers, {processes} server "
+            f"process{'es' if processes != 1 else ''}"
+        )
+        figures.append(Figure(f"{what}: deliveries/s", stats["deliveries_per_s"], "deliveries/s"))
+        figures.append(Figure(f"{what}: store commit → receive p50", latency["p50_ms"], "ms"))
+        figures.append(Figure(
+            f"{what}: store commit → receive p99", latency["p99_ms"], "ms",
+            target=f"≤ {FANOUT_TARGET_P99_MS:.0f} ms, all delivered",
+            met=latency["p99_ms"] <= FANOUT_TARGET_P99_MS and complete,
+        ))
+    return figures
+
+
+def _end_to_end_figures(embedded: dict[str, Any], sizes: ServingSizes) -> list[Figure]:
+    figures: list[Figure] = []
+    for subscribers, stats in embedded.items():
+        latency = stats["commit_to_receive"]
+        complete = stats["deliveries"] == stats["deliveries_expected"]
+        what = (
+            f"source commit → subscriber, embedded, {sizes.e2e_rate:,.0f}/s, "
+            f"{subscribers} subscribers"
+        )
+        # The target names 100 subscribers; other counts show the pipeline without that fan-out.
+        is_target = int(subscribers) == sizes.e2e_subscribers[0]
+        figures.append(Figure(f"{what}: p50", latency["p50_ms"], "ms"))
+        figures.append(Figure(
+            f"{what}: p99", latency["p99_ms"], "ms",
+            target=f"≤ {FANOUT_TARGET_P99_MS:.0f} ms, all delivered" if is_target else None,
+            met=latency["p99_ms"] <= FANOUT_TARGET_P99_MS and complete if is_target else None,
+        ))
+    return figures
+
+
+# --- notes and helpers -----------------------------------------------------------------------
+
+
+def _notes(
+    sizes: ServingSizes, reads: dict[str, Any], fanout: dict[str, Any], embedded: dict[str, Any]
+) -> list[str]:
+    notes = [
+        f"serving: {sizes.profiles:,} profiles stored; echo = grpc.health.v1.Health/Check on the "
+        "same server (no store access, no token check); load from "
+        f"{_LOAD_PROCESSES} generator processes (1 at 1 in flight), closed loop, "
+        f"{sizes.read_seconds:g} s windows x {sizes.repeats}, median QPS reported",
+    ]
+    for processes, by_method in reads.items():
+        parts = []
+        for method in ("echo", "get", "lookup"):
+            for concurrency, m in by_method.get(method, {}).items():
+                parts.append(
+                    f"{_METHOD_NAMES[method]}@{concurrency} p50 {m['p50_ms']:.2f} ms, CPU µs/call "
+                    f"server {m['server_cpu_us_per_call'] or 0:.0f} + PostgreSQL "
+                    f"{m['postgres_cpu_us_per_call'] or 0:.0f} + clients "
+                    f"{m['load_cpu_us_per_call'] or 0:.0f}"
+                )
+        notes.append(f"reads, {processes} server process(es): " + "; ".join(parts))
+    for stats in fanout.values():
+        shares = stats["host_cpu_percent"] or {}
+        notes.append(
+            f"fan-out to {stats['subscribers']} subscribers ({stats['server_processes']} server "
+            f"process(es)), {sizes.fanout_rate:g} changes/s: {stats['deliveries']:,} of "
+            f"{stats['deliveries_expected']:,} deliveries counted, stream errors "
+            f"{stats['errors'] or 0}, server CPU {stats['server_cpu_s']:.1f} s; host "
+            f"{shares.get('idle', 0):.0f}% idle, {shares.get('steal', 0):.0f}% stolen"
+        )
+    for subscribers, stats in embedded.items():
+        shares = stats["host_cpu_percent"] or {}
+        notes.append(
+            f"end to end (embedded), {subscribers} subscribers: {stats['rows']:,} inserts at "
+            f"{stats['achieved_rate'] or 0:,.0f}/s, {stats['deliveries']:,} of "
+            f"{stats['deliveries_expected']:,} deliveries counted within "
+            f"{stats['drain_s']:.0f} s of the last commit; host {shares.get('idle', 0):.0f}% "
+            f"idle, {shares.get('steal', 0):.0f}% stolen"
+        )
+    return notes
+
+
+def _create_database(admin_dsn: str, name: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def _drop_database(admin_dsn: str, name: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE database = %s AND NOT active",
+            (name,),
+        )
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+__all__ = ["ServingSizes", "run"]

@@ -1,0 +1,114 @@
+"""The serving read hot path on real PostgreSQL: coalesced reads answer as single reads do, and a
+deadline cancels the statements it covers (batched or not) in PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psycopg
+import pytest
+
+from unified_profile.server.engine.records import Identifier
+from unified_profile.server.store import migrate
+from unified_profile.server.store.profile_store import ProfileStore
+from unified_profile.server.store.read_pool import ProfileReadPool
+
+from .rpc_support import apply, crm, member
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store_dsn(new_database):
+    dsn = new_database("readpool")
+    migrate.upgrade(dsn)
+    return dsn
+
+
+@pytest.fixture
+def people(store_dsn):
+    """Anne (with her membership merged in: an alias), Bob, and a shared household email."""
+    store = ProfileStore.connect(store_dsn)
+    try:
+        [(anne, _, _)] = apply(store, crm(1, 10, email="anne@example.com"))
+        [(alias, _, _)] = apply(store, member("L1", 11, crm_id=None))
+        apply(store, member("L1", 12, crm_id=1))
+        [(bob, _, _)] = apply(store, crm(2, 20, email="family@example.com", name="Bob"))
+        [(carol, _, _)] = apply(store, crm(3, 21, email="family@example.com", name="Carol"))
+    finally:
+        store.close()
+    return {"anne": anne, "alias": alias, "bob": bob, "carol": carol}
+
+
+def test_concurrent_reads_share_statements_and_answer_as_single_reads_do(store_dsn, people):
+    ids = [people["anne"], people["alias"], people["bob"], "p_nobody"] * 25
+    identifiers = [
+        Identifier("crm_id", "1"), Identifier("loyalty_id", "L1"),
+        Identifier("email", "family@example.com"), Identifier("email", "nobody@example.com"),
+    ] * 25
+
+    async def scenario():
+        pool = ProfileReadPool(store_dsn, size=2)
+        try:
+            alone = {i: await pool.get_profile(i, 5.0) for i in set(ids)}
+            together = await asyncio.gather(*(pool.get_profile(i, 5.0) for i in ids))
+            looked_alone = {i: await pool.lookup_profile(i, 5.0) for i in set(identifiers)}
+            looked = await asyncio.gather(*(pool.lookup_profile(i, 5.0) for i in identifiers))
+            return alone, together, looked_alone, looked
+        finally:
+            await pool.close()
+
+    alone, together, looked_alone, looked = asyncio.run(scenario())
+    assert together == [alone[i] for i in ids]
+    assert alone["p_nobody"] is None
+    assert alone[people["alias"]].via_alias
+    assert alone[people["alias"]].profile.profile_id == people["anne"]
+    assert not alone[people["anne"]].via_alias
+    assert looked == [looked_alone[i] for i in identifiers]
+    assert looked_alone[Identifier("crm_id", "1")].profile.profile_id == people["anne"]
+    assert looked_alone[Identifier("loyalty_id", "L1")].profile.profile_id == people["anne"]
+    assert looked_alone[Identifier("email", "family@example.com")] == 2
+    assert looked_alone[Identifier("email", "nobody@example.com")] == 0
+
+
+def test_a_deadline_cancels_single_and_batched_statements_in_postgresql(store_dsn, people):
+    def lock_waiters(observer) -> int:
+        (count,) = observer.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()").fetchone()
+        return int(count)
+
+    async def reads(pool):
+        started = time.monotonic()
+        outcomes = await asyncio.gather(
+            *(pool.get_profile(people["anne"], 0.5) for _ in range(10)),
+            pool.lookup_profile(Identifier("crm_id", "2"), 0.5),
+            pool.get_profiles([people["bob"], people["carol"]], 0.5),
+            return_exceptions=True,
+        )
+        return outcomes, time.monotonic() - started
+
+    async def scenario(locker, observer):
+        pool = ProfileReadPool(store_dsn, size=2)
+        try:
+            assert (await pool.get_profile(people["anne"], 5.0)) is not None   # connections up
+            locker.execute("LOCK TABLE up_profiles IN ACCESS EXCLUSIVE MODE")
+            outcomes, took = await reads(pool)
+            deadline = time.monotonic() + 5
+            while lock_waiters(observer) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            waiting = lock_waiters(observer)
+            locker.rollback()
+            after = await pool.get_profile(people["anne"], 5.0)
+            return outcomes, took, waiting, after
+        finally:
+            await pool.close()
+
+    with psycopg.connect(store_dsn) as locker, \
+            psycopg.connect(store_dsn, autocommit=True) as observer:
+        outcomes, took, waiting, after = asyncio.run(scenario(locker, observer))
+    assert all(isinstance(o, TimeoutError) for o in outcomes), outcomes
+    assert took < 3
+    assert waiting == 0            # every statement was cancelled, none left waiting on the lock
+    assert after is not None and after.profile.profile_id == people["anne"]   # pool still works
