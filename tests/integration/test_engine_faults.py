@@ -685,7 +685,16 @@ def test_two_engine_workers_in_one_group_end_as_a_single_engine(
         _wait_for(lambda: store.load_positions(group), "the first worker to commit a batch",
                   died=[first.died])
         second = EngineProcess(pair_config, demo.tmp / "worker-2.log")
-        traffic.run(250, pace_s=0.005)
+        joined = second
+        traffic.run(100, pace_s=0.005)
+        # On a loaded machine the join can take a while: wait for it rather than assume it.
+        _wait_for(
+            lambda: any(e["partitions"] for e in joined.log_events("kafka.partitions_assigned")),
+            "the second worker to be given partitions",
+            timeout=120,
+            died=[first.died, second.died],
+        )
+        traffic.run(150, pace_s=0.005)
         demo.wait_captured()
         last = _last_offsets(demo.bootstrap, demo.topics)
         workers = [first, second]
