@@ -29,7 +29,13 @@ from .scenario import Context, ScenarioResult
 from .serving_e2e import EndToEndJob, measure_end_to_end
 from .serving_load import LoadJob, LoadResult, Method, run_load
 from .serving_proc import ServerGroup, postgres_cpu_s
-from .serving_subs import SubscribeJob, SubscriberGroup, WriterJob, write_changes
+from .serving_subs import (
+    SubscribeJob,
+    SubscriberGroup,
+    WriterJob,
+    stream_errors,
+    write_changes,
+)
 from .timing import host_cpu_shares, host_cpu_times, summarize_seconds
 
 READ_TARGET_QPS = 4_000
@@ -176,7 +182,8 @@ def measure_reads(store: Store, sizes: ServingSizes) -> dict[str, Any]:
                         measured = _measure(servers, store, method, concurrency, sizes, repeat)
                         runs.setdefault(method, {}).setdefault(concurrency, []).append(measured)
         out[str(processes)] = {
-            method: {str(c): _combine(rs) for c, rs in by_c.items()} for method, by_c in runs.items()
+            method: {str(c): _combine(rs) for c, rs in by_c.items()}
+            for method, by_c in runs.items()
         }
     return out
 
@@ -400,7 +407,7 @@ def _delivery_stats(
         "deliveries_expected": expected,
         "deliveries_per_s": delivered / span if span else 0.0,
         "commit_to_receive": asdict(latency),
-        "errors": {k: v for part in received for k, v in part.errors.items()},
+        "errors": stream_errors(received),
     }
 
 
@@ -500,7 +507,9 @@ def _drop_database(admin_dsn: str, name: str) -> None:
             "WHERE database = %s AND NOT active",
             (name,),
         )
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 __all__ = ["ServingSizes", "run"]

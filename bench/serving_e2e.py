@@ -32,7 +32,7 @@ import psycopg
 
 from . import apply_data
 from .serving_proc import ServerGroup
-from .serving_subs import Received, SubscribeJob, SubscriberGroup
+from .serving_subs import Received, SubscribeJob, SubscriberGroup, stream_errors
 from .timing import host_cpu_shares, host_cpu_times, summarize_seconds
 
 _CONTEXT = multiprocessing.get_context("spawn")
@@ -92,7 +92,9 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
     with ServerGroup(job.config, 1) as servers:
         per_process = -(-job.subscribers // 2)
         group = SubscriberGroup([
-            SubscribeJob(servers.target, job.token, min(per_process, job.subscribers - i * per_process))
+            SubscribeJob(
+                servers.target, job.token, min(per_process, job.subscribers - i * per_process)
+            )
             for i in range(2) if job.subscribers - i * per_process > 0
         ])
         try:
@@ -303,7 +305,7 @@ def _latencies(
         "deliveries_expected": expected,
         # A delivery that never came counts as infinitely late.
         "commit_to_receive": asdict(summarize_seconds(latencies + [math.inf] * missing)),
-        "errors": {k: v for part in received for k, v in part.errors.items()},
+        "errors": stream_errors(received),
     }
 
 

@@ -43,7 +43,8 @@ class LoadJob:
         target: ``host:port`` of the server.
         method: ``echo`` (health ``Check``), ``get`` (GetProfile by id) or ``lookup``
             (LookupProfile by ``crm_id``).
-        keys: Profile ids (``get``) or ``crm_id`` values (``lookup``); each call picks one at random.
+        keys: Profile ids (``get``) or ``crm_id`` values (``lookup``); each call picks one at
+            random.
         concurrency: Callers in this process, each with one call in flight.
         channels: Channels (connections) the callers are spread over.
         token: Bearer token sent with every call (the echo sends it too; health ignores it).

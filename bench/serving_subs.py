@@ -67,6 +67,15 @@ class Received:
     errors: dict[str, int]
 
 
+def stream_errors(received: list[Received]) -> dict[str, int]:
+    """Streams that ended with an error, by status code name, over every subscriber process."""
+    merged: dict[str, int] = {}
+    for part in received:
+        for name, count in part.errors.items():
+            merged[name] = merged.get(name, 0) + count
+    return merged
+
+
 class SubscriberGroup:
     """Subscriber processes: start, wait until every stream is live, stop and collect."""
 
@@ -316,6 +325,7 @@ __all__ = [
     "WriterJob",
     "Written",
     "change_writer_main",
+    "stream_errors",
     "subscribers_main",
     "write_changes",
 ]

@@ -68,7 +68,9 @@ class Slots:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, coalescer: Coalescer[object, object], batch: list[_Reader[object, object]]) -> None:
+    async def _run(
+        self, coalescer: Coalescer[object, object], batch: list[_Reader[object, object]]
+    ) -> None:
         try:
             await coalescer.run_batch(batch)
         finally:
