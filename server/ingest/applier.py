@@ -18,12 +18,13 @@ profile rows and change-log entries:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..engine.identity import (
     IdentifierType,
+    IdentityConflict,
     IdentityResolution,
     LinkOverride,
     resolve_identities,
@@ -31,7 +32,8 @@ from ..engine.identity import (
 from ..engine.mapping import fill_unavailable
 from ..engine.records import Identifier, RecordKey, SourceRecord
 from ..engine.survivorship import FieldValue, RuleSet, merge_fields
-from ..store.profile_store import ChangeRow, StoreBatch, StoredProfile, StoredRecord
+from ..store.rows import ChangeRow, StoredProfile, StoredRecord
+from ..store.store_batch import StoreBatch
 
 _ID_NAMESPACE = uuid.UUID("8d6f3a52-4f4e-4c1e-9d7a-2b1f0c6e5a31")
 _MAX_COMPONENT_ROUNDS = 50
@@ -73,16 +75,46 @@ class ProfileApplier:
         }
         if not changed:
             return []
-        known = self._gather_component(batch, changed, stored)
+        same_links, relinking = _split_by_links(changed, stored)
+        known: dict[RecordKey, StoredRecord] = {}
+        clusters: list[frozenset[RecordKey]] = []
+        conflicts: tuple[IdentityConflict, ...] = ()
+        if relinking:
+            known = self._gather_component(batch, relinking, stored)
+            # A record whose links did not change still joins a recomputation that reached it.
+            for key in [k for k in same_links if k in known]:
+                relinking[key] = same_links.pop(key)
+            images = {key: known[key].record for key in known}
+            images.update({key: item.record for key, item in relinking.items()})
+            overrides = [
+                LinkOverride(kind, a, b)  # type: ignore[arg-type]
+                for kind, a, b in batch.load_overrides(images.keys())
+            ]
+            resolution = resolve_identities(images.values(), self._types, overrides)
+            clusters.extend(resolution.clusters)
+            conflicts = resolution.conflicts
+        if same_links:
+            members = self._members_of_profiles(batch, same_links, stored)
+            known.update(members)
+            clusters.extend(_stored_clusters(members))
         images = {key: known[key].record for key in known}
         images.update({key: item.record for key, item in changed.items()})
-        overrides = [
-            LinkOverride(kind, a, b)  # type: ignore[arg-type]
-            for kind, a, b in batch.load_overrides(images.keys())
-        ]
-        resolution = resolve_identities(images.values(), self._types, overrides)
+        resolution = IdentityResolution(tuple(sorted(clusters, key=min)), (), conflicts)
         plan = _Plan(batch, self._rules, changed, known, images, resolution)
-        return plan.execute()
+        return plan.execute(links_unchanged=same_links.keys())
+
+    def _members_of_profiles(
+        self,
+        batch: StoreBatch,
+        same_links: Mapping[RecordKey, IncomingRecord],
+        stored: Mapping[RecordKey, StoredRecord],
+    ) -> dict[RecordKey, StoredRecord]:
+        """Every record of the profiles these records are in, as stored."""
+        profiles = {stored[key].profile_id for key in same_links}
+        keys = batch.records_of_profiles([p for p in profiles if p is not None])
+        members = {key: stored[key] for key in keys if key in stored}
+        members.update(batch.load_records(keys - members.keys()))
+        return members
 
     def _gather_component(
         self,
@@ -150,7 +182,8 @@ class _Plan:
         self.retired: dict[str, str | None] = {}
         self.assignment: dict[RecordKey, str | None] = {}
 
-    def execute(self) -> list[ChangeRow]:
+    def execute(self, links_unchanged: Collection[RecordKey] = ()) -> list[ChangeRow]:
+        """Work out the effects, write them, and return the change-log rows appended."""
         heirs = self._heirs()
         inherited_by: dict[frozenset[RecordKey], list[str]] = {}
         for profile_id, heir in heirs.items():
@@ -177,7 +210,7 @@ class _Plan:
             if profile_id not in heirs:
                 self._append(profile_id, "DELETED", {}, {}, self._causes(self._members(profile_id)))
                 self.retired[profile_id] = None
-        self._write()
+        self._write(links_unchanged)
         return self.rows
 
     def _parents(self, cluster: frozenset[RecordKey]) -> list[str]:
@@ -285,13 +318,13 @@ class _Plan:
     ) -> None:
         self.rows.append(ChangeRow(profile_id, kind, changes, related, cause))
 
-    def _write(self) -> None:
+    def _write(self, links_unchanged: Collection[RecordKey]) -> None:
         batch = self.batch
         changed_records = [
             (item.record, None if item.record.deleted else self.assignment.get(key))
             for key, item in sorted(self.changed.items())
         ]
-        batch.save_records(changed_records)
+        batch.save_records(changed_records, links_unchanged)
         moved = {
             key: profile
             for key, profile in sorted(self.assignment.items())
@@ -307,6 +340,42 @@ class _Plan:
             for c in self.resolution.conflicts
             if isinstance(c.identifier, Identifier)
         )
+
+
+def _split_by_links(
+    changed: Mapping[RecordKey, IncomingRecord], stored: Mapping[RecordKey, StoredRecord]
+) -> tuple[dict[RecordKey, IncomingRecord], dict[RecordKey, IncomingRecord]]:
+    """Split changed records into those whose links stay as stored and the rest.
+
+    Who is the same person depends only on records' identifiers, their being live and steward
+    overrides. A live record that keeps its identifiers (most changes: a new address, points, a
+    tier) therefore cannot change any cluster: its profile keeps its members and only its fields
+    are recomputed, without gathering and resolving the identity graph around it. A forced
+    recomputation (a steward override changed) always takes the full path.
+    """
+    same: dict[RecordKey, IncomingRecord] = {}
+    relinking: dict[RecordKey, IncomingRecord] = {}
+    for key, item in changed.items():
+        before = stored.get(key)
+        keeps_links = (
+            before is not None
+            and before.profile_id is not None
+            and not item.force
+            and not item.record.deleted
+            and not before.record.deleted
+            and item.record.identifiers == before.record.identifiers
+        )
+        (same if keeps_links else relinking)[key] = item
+    return same, relinking
+
+
+def _stored_clusters(members: Mapping[RecordKey, StoredRecord]) -> list[frozenset[RecordKey]]:
+    """The stored profiles' memberships, as clusters."""
+    by_profile: dict[str, set[RecordKey]] = {}
+    for key, found in members.items():
+        if found.profile_id is not None and not found.record.deleted:
+            by_profile.setdefault(found.profile_id, set()).add(key)
+    return [frozenset(keys) for keys in by_profile.values()]
 
 
 def _profile_id(seed: str) -> str:

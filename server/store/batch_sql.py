@@ -1,48 +1,57 @@
-"""The applying transaction's hot statements, as constant SQL over ``unnest`` arrays.
+"""The applying transaction's statements: constant SQL taking whole batches as one JSON document.
 
-A batch reads and writes thousands of rows. Built with SQLAlchemy Core, each statement's text
-changed with the batch's size (a multi-row VALUES list, a tuple IN list), so every batch paid for
-compiling and converting a new statement of several hundred kilobytes, and PostgreSQL planned a
-long IN list row by row (measured on a 1M-profile store: ~1.3 ms of CPU per change, and 0.46 s
-to look up 2,000 keys by tuple IN vs 0.07 s joined to ``unnest``). Here every statement has one
-fixed text and takes whole columns as array parameters: psycopg prepares it once per connection.
+A batch reads and writes thousands of rows. Two earlier forms were measured and dropped:
+
+- SQLAlchemy Core statements whose text grew with the batch (a multi-row VALUES list, a tuple IN
+  list): every batch compiled and sent a new statement of several hundred kilobytes, and
+  PostgreSQL planned a long IN list row by row (~1.3 ms of CPU per change on a 1M-profile store);
+- one ``text[]`` array parameter per column: psycopg escapes every element of a text-format array
+  with a regular expression in Python, and record keys and JSON documents are full of quotes
+  (~0.7 ms of CPU per change, half the engine's time).
+
+Here each statement has one fixed text (psycopg prepares it once per connection) and takes its rows
+as a single JSON array of objects, written by orjson and unpacked by ``jsonb_to_recordset`` in the
+server; short lists of plain ids stay ``text[]`` arrays.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection
 
-KEY_ARRAYS = "unnest(%s::text[], %s::text[], %s::text[]) AS k(source, table_name, record_key)"
+from . import json_codec
+
+KEYS = "jsonb_to_recordset(%s::jsonb) AS k(source text, table_name text, record_key text)"
+
+LOCK_HEAD = "SELECT sequence FROM up_change_log_head WHERE id = 1 FOR UPDATE"
 
 LOAD_RECORDS = f"""
 SELECT r.source, r.table_name, r.record_key, r.profile_id, r.fields, r.identifiers, r.version,
        r.commit_time_us, r.position, r.deleted
 FROM up_source_records r
-JOIN {KEY_ARRAYS}
+JOIN {KEYS}
   ON r.source = k.source AND r.table_name = k.table_name AND r.record_key = k.record_key
 """
 
 RECORDS_SHARING = """
 SELECT DISTINCT r.source, r.table_name, r.record_key
 FROM up_record_identifiers r
-JOIN unnest(%s::text[], %s::text[]) AS i(type, value) ON r.type = i.type AND r.value = i.value
+JOIN jsonb_to_recordset(%s::jsonb) AS i(type text, value text)
+  ON r.type = i.type AND r.value = i.value
 """
 
 UPSERT_RECORDS = """
 INSERT INTO up_source_records
     (source, table_name, record_key, profile_id, fields, identifiers, version, commit_time_us,
      position, deleted)
-SELECT source, table_name, record_key, profile_id, fields::jsonb, identifiers::jsonb, version,
-       commit_time_us, position, deleted
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-            %s::bigint[], %s::bigint[], %s::bigint[], %s::boolean[])
-     AS u(source, table_name, record_key, profile_id, fields, identifiers, version,
-          commit_time_us, position, deleted)
+SELECT source, table_name, record_key, profile_id, fields, identifiers, version, commit_time_us,
+       position, deleted
+FROM jsonb_to_recordset(%s::jsonb)
+     AS u(source text, table_name text, record_key text, profile_id text, fields jsonb,
+          identifiers jsonb, version bigint, commit_time_us bigint, position bigint,
+          deleted boolean)
 ON CONFLICT (source, table_name, record_key) DO UPDATE SET
     profile_id = EXCLUDED.profile_id, fields = EXCLUDED.fields,
     identifiers = EXCLUDED.identifiers, version = EXCLUDED.version,
@@ -51,39 +60,81 @@ ON CONFLICT (source, table_name, record_key) DO UPDATE SET
 """
 
 DELETE_IDENTIFIERS = f"""
-DELETE FROM up_record_identifiers r USING {KEY_ARRAYS}
+DELETE FROM up_record_identifiers r USING {KEYS}
 WHERE r.source = k.source AND r.table_name = k.table_name AND r.record_key = k.record_key
 """
 
 INSERT_IDENTIFIERS = """
 INSERT INTO up_record_identifiers (type, value, source, table_name, record_key)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
+SELECT type, value, source, table_name, record_key
+FROM jsonb_to_recordset(%s::jsonb)
+     AS u(type text, value text, source text, table_name text, record_key text)
 """
 
 SET_RECORD_PROFILES = """
 UPDATE up_source_records r SET profile_id = u.profile_id
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])
-     AS u(source, table_name, record_key, profile_id)
+FROM jsonb_to_recordset(%s::jsonb)
+     AS u(source text, table_name text, record_key text, profile_id text)
 WHERE r.source = u.source AND r.table_name = u.table_name AND r.record_key = u.record_key
 """
 
 UPSERT_PROFILES = """
 INSERT INTO up_profiles
     (profile_id, fields, identifiers, record_count, created_sequence, updated_sequence)
-SELECT profile_id, fields::jsonb, identifiers::jsonb, record_count, created_sequence,
-       updated_sequence
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::bigint[], %s::bigint[])
-     AS u(profile_id, fields, identifiers, record_count, created_sequence, updated_sequence)
+SELECT profile_id, fields, identifiers, record_count, created_sequence, updated_sequence
+FROM jsonb_to_recordset(%s::jsonb)
+     AS u(profile_id text, fields jsonb, identifiers jsonb, record_count int,
+          created_sequence bigint, updated_sequence bigint)
 ON CONFLICT (profile_id) DO UPDATE SET
     fields = EXCLUDED.fields, identifiers = EXCLUDED.identifiers,
     record_count = EXCLUDED.record_count, updated_sequence = EXCLUDED.updated_sequence
 """
 
+DELETE_PROFILES = "DELETE FROM up_profiles WHERE profile_id = ANY(%s::text[])"
+
+# Earlier aliases of a merged profile follow it to its survivor.
+REPOINT_ALIASES = """
+UPDATE up_profile_aliases a SET profile_id = u.profile_id
+FROM jsonb_to_recordset(%s::jsonb) AS u(alias_id text, profile_id text)
+WHERE a.profile_id = u.alias_id
+"""
+
+UPSERT_ALIASES = """
+INSERT INTO up_profile_aliases (alias_id, profile_id, sequence)
+SELECT alias_id, profile_id, %s::bigint
+FROM jsonb_to_recordset(%s::jsonb) AS u(alias_id text, profile_id text)
+ON CONFLICT (alias_id) DO UPDATE SET
+    profile_id = EXCLUDED.profile_id, sequence = EXCLUDED.sequence
+"""
+
 APPEND_CHANGES = """
 INSERT INTO up_change_log (sequence, profile_id, kind, changes, related, cause)
-SELECT sequence, profile_id, kind, changes::jsonb, related::jsonb, cause::jsonb
-FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
-     AS u(sequence, profile_id, kind, changes, related, cause)
+SELECT sequence, profile_id, kind, changes, related, cause
+FROM jsonb_to_recordset(%s::jsonb)
+     AS u(sequence bigint, profile_id text, kind text, changes jsonb, related jsonb, cause jsonb)
+"""
+
+# The NOTIFY is delivered at commit (never for a rolled-back batch): the change feed wakes up.
+ADVANCE_HEAD = """
+WITH advanced AS (UPDATE up_change_log_head SET sequence = %s WHERE id = 1)
+SELECT pg_notify(%s, %s)
+"""
+
+SAVE_POSITIONS = """
+INSERT INTO up_positions (consumer, stream, position)
+SELECT %s, stream, position
+FROM jsonb_to_recordset(%s::jsonb) AS u(stream text, position bigint)
+ON CONFLICT (consumer, stream) DO UPDATE SET
+    position = greatest(up_positions.position, EXCLUDED.position)
+"""
+
+SAVE_CONFLICTS = """
+INSERT INTO up_identity_conflicts (identifier_type, identifier_value, records, reason, sequence)
+SELECT identifier_type, identifier_value, records, reason, %s::bigint
+FROM jsonb_to_recordset(%s::jsonb)
+     AS u(identifier_type text, identifier_value text, records jsonb, reason text)
+ON CONFLICT (identifier_type, identifier_value) DO UPDATE SET
+    records = EXCLUDED.records, reason = EXCLUDED.reason, sequence = EXCLUDED.sequence
 """
 
 RECORDS_OF_PROFILES = """
@@ -97,7 +148,8 @@ FROM up_profiles WHERE profile_id = ANY(%s::text[])
 
 LOAD_OVERRIDES = """
 SELECT kind, record_a, record_b FROM up_link_overrides
-WHERE record_a = ANY(%s::text[]) OR record_b = ANY(%s::text[])
+WHERE record_a IN (SELECT jsonb_array_elements_text(%s::jsonb))
+   OR record_b IN (SELECT jsonb_array_elements_text(%s::jsonb))
 """
 
 PROFILE_IDS_TAKEN = """
@@ -107,14 +159,16 @@ SELECT alias_id FROM up_profile_aliases WHERE alias_id = ANY(%s::text[])
 """
 
 
-def run(connection: Connection, statement: str, *columns: Iterable[Any]) -> Any:
-    """Execute a constant statement with whole columns as array parameters (no compilation)."""
-    return connection.exec_driver_sql(statement, tuple(list(c) for c in columns))
+def run(connection: Connection, statement: str, *params: Any) -> Any:
+    """Execute a constant statement (no compilation: psycopg prepares it once per connection)."""
+    return connection.exec_driver_sql(statement, params)
 
 
-def json_text(value: Any) -> str:
-    """JSON for a ``jsonb`` column: orjson when it can (fast), the standard library otherwise."""
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:  # integers beyond 64 bits, which orjson refuses and JSON allows
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+def rows(items: Iterable[Mapping[str, Any]]) -> str:
+    """A batch's rows as one JSON document, for ``jsonb_to_recordset``."""
+    return json_codec.dumps(list(items))
+
+
+def keys(items: Iterable[Any]) -> str:
+    """Record keys (``source``/``table``/``key``) as rows for :data:`KEYS`."""
+    return rows({"source": k.source, "table_name": k.table, "record_key": k.key} for k in items)

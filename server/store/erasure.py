@@ -42,7 +42,8 @@ from .profile_reads import (
     set_statement_timeout,
     store_error,
 )
-from .profile_store import ChangeRow, StoreBatch, StoredProfile
+from .rows import ChangeRow, StoredProfile
+from .store_batch import StoreBatch
 
 _MAX_SPLIT_DEPTH = 20
 _DROPPED_CAUSE_KEYS = ("key", "reason")

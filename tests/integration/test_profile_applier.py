@@ -176,3 +176,54 @@ def test_steward_force_link_merges_and_never_link_splits_for_good(store):
     changes = clear_link_override(store, applier, anne, annes_membership, "steward@crm")
     assert "MERGED" in [c.kind for c in changes]
     assert len(store.all_profiles()) == 2
+
+
+# --- updates that keep their identifiers (links unchanged: fields recomputed only) ------------
+
+
+def test_an_update_keeping_its_identifiers_recomputes_the_merged_fields_only(store):
+    [(anne, _, _)] = apply(store, crm(1, 10, email="anne@example.com"), member("L1", 11, crm_id=1))
+    changes = apply(store, member("L1", 12, crm_id=1, tier="platinum", points=900))
+    assert changes == [(anne, "UPDATED", {})]
+    assert values(store, anne) == {
+        "person.given_name": "Anne",
+        "contact.email": "anne@example.com",
+        "loyalty.tier": "platinum",
+        "loyalty.points_balance": 900,
+    }
+    [logged] = store.read_changes_after(store.head_sequence() - 1)
+    assert logged.changes == {
+        "loyalty.points_balance": {"old": 100, "new": 900},
+        "loyalty.tier": {"old": "gold", "new": "platinum"},
+    }
+    # The identifier rows still resolve both records to the profile.
+    assert store.find_profile(Identifier("loyalty_id", "L1")) == anne
+    assert store.find_profile(Identifier("email", "anne@example.com")) == anne
+
+
+def test_an_unchanged_link_update_next_to_a_split_of_its_profile_lands_in_the_right_part(store):
+    [(anne, _, _)] = apply(store, crm(1, 10, email="anne@example.com"), member("L1", 11, crm_id=1))
+    # One batch: the CRM record changes its name (same identifiers) and the membership drops
+    # its link, which splits the profile the CRM record is in.
+    changes = apply(store, crm(1, 20, email="anne@example.com", name="Anna"),
+                    member("L1", 21, crm_id=None, tier="silver"))
+    kinds = [kind for _, kind, _ in changes]
+    assert kinds[0] == "SPLIT"
+    assert values(store, anne) == {"person.given_name": "Anna", "contact.email": "anne@example.com"}
+    [split_off] = [p for p in store.all_profiles() if p != anne]
+    assert values(store, split_off)["loyalty.tier"] == "silver"
+
+
+def test_an_unchanged_link_update_next_to_a_record_joining_its_profile_is_kept(store):
+    [(anne, _, _)] = apply(store, crm(1, 10, email="anne@example.com"))
+    changes = apply(store, crm(1, 20, email="anne@example.com", name="Anna"),
+                    member("L1", 21, crm_id=1, tier="silver"))
+    assert {(profile, kind) for profile, kind, _ in changes} == {(anne, "UPDATED")}
+    assert values(store, anne) == {
+        "person.given_name": "Anna",
+        "contact.email": "anne@example.com",
+        "loyalty.tier": "silver",
+        "loyalty.points_balance": 100,
+    }
+    [profile] = store.all_profiles().values()
+    assert profile.record_count == 2

@@ -1,0 +1,105 @@
+"""The store's row shapes, as the applier, the change feed and the gRPC service see them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from ..engine.records import Identifier, RecordKey, SourceRecord
+from . import batch_sql as sql
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A record image as stored, with the profile it currently belongs to."""
+
+    record: SourceRecord
+    profile_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredProfile:
+    """A profile row: merged fields (with provenance) and identifiers, as JSON documents."""
+
+    profile_id: str
+    fields: dict[str, Any]
+    identifiers: list[list[str]]
+    record_count: int
+    created_sequence: int
+    updated_sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRow:
+    """One change-log entry to append (its sequence is given by the batch)."""
+
+    profile_id: str
+    kind: str
+    changes: dict[str, Any]
+    related: dict[str, Any]
+    cause: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedChange:
+    """One change-log entry as stored."""
+
+    sequence: int
+    profile_id: str
+    kind: str
+    changes: dict[str, Any]
+    related: dict[str, Any]
+    cause: list[dict[str, Any]]
+    committed_at: datetime | None = None
+
+
+def load_profiles(connection: Connection, profile_ids: list[str]) -> dict[str, StoredProfile]:
+    """Profile rows by id (aliases are not followed)."""
+    if not profile_ids:
+        return {}
+    rows = sql.run(connection, sql.LOAD_PROFILES, profile_ids).all()
+    return {
+        r.profile_id: StoredProfile(
+            r.profile_id,
+            r.fields,
+            r.identifiers,
+            r.record_count,
+            r.created_sequence,
+            r.updated_sequence,
+        )
+        for r in rows
+    }
+
+
+def record_key(row: Any) -> RecordKey:
+    """The key of an ``up_source_records`` row."""
+    return RecordKey(row.source, row.table_name, row.record_key)
+
+
+def stored_record(row: Any) -> StoredRecord:
+    """An ``up_source_records`` row as the engine sees it."""
+    record = SourceRecord(
+        key=record_key(row),
+        fields=row.fields,
+        identifiers=frozenset(Identifier(typ, value) for typ, value in row.identifiers),
+        version=row.version,
+        commit_time_us=row.commit_time_us,
+        position=row.position,
+        deleted=row.deleted,
+    )
+    return StoredRecord(record, row.profile_id)
+
+
+def key_text(key: RecordKey) -> str:
+    """A record key as steward overrides store it (a JSON array)."""
+    return json.dumps([key.source, key.table, key.key], separators=(",", ":"))
+
+
+def parse_key_text(text: str) -> RecordKey:
+    """The inverse of :func:`key_text`."""
+    source, table, key = json.loads(text)
+    return RecordKey(source, table, key)

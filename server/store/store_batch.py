@@ -1,0 +1,293 @@
+"""One applying transaction: the reads and writes the applier, stewards and erasure make.
+
+:meth:`ProfileStore.batch <unified_profile.server.store.profile_store.ProfileStore.batch>` opens
+it; its first statement locks the change-log head row, which gives the change log its gap-free
+sequence and serialises applying transactions of concurrent engine workers. The hot statements are
+in :mod:`.batch_sql`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy.dialects.postgresql import insert as upsert
+
+from ..engine.records import Identifier, RecordKey, SourceRecord
+from . import batch_sql as sql
+from . import json_codec
+from . import schema as t
+from .rows import (
+    ChangeRow,
+    StoredProfile,
+    StoredRecord,
+    key_text,
+    load_profiles,
+    parse_key_text,
+    stored_record,
+)
+
+CHANGE_CHANNEL = "up_change_log"
+"""The LISTEN/NOTIFY channel announcing a new change-log head."""
+
+
+class StoreBatch:
+    """The statements of one applying transaction.
+
+    Attributes:
+        head: The change-log head: the last sequence appended (by this batch or before it).
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self._c = connection
+        self.head = int(sql.run(connection, sql.LOCK_HEAD).scalar_one())
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def load_records(self, keys: Collection[RecordKey]) -> dict[RecordKey, StoredRecord]:
+        """The stored images of these records (missing ones are absent)."""
+        if not keys:
+            return {}
+        found = (stored_record(r) for r in sql.run(self._c, sql.LOAD_RECORDS, sql.keys(keys)))
+        return {s.record.key: s for s in found}
+
+    def records_sharing(self, identifiers: Collection[Identifier]) -> set[RecordKey]:
+        """Records holding any of these identifiers."""
+        if not identifiers:
+            return set()
+        document = sql.rows({"type": i.type, "value": i.value} for i in identifiers)
+        return {RecordKey(*row) for row in sql.run(self._c, sql.RECORDS_SHARING, document)}
+
+    def records_of_profiles(self, profile_ids: Collection[str]) -> set[RecordKey]:
+        """Records currently linked to these profiles."""
+        if not profile_ids:
+            return set()
+        rows = sql.run(self._c, sql.RECORDS_OF_PROFILES, list(profile_ids))
+        return {RecordKey(*row) for row in rows}
+
+    def live_records_of_table(self, source: str, table: str) -> list[RecordKey]:
+        """Every record of one source table that is not deleted."""
+        c = t.source_records.c
+        rows = self._c.execute(
+            select(c.source, c.table_name, c.record_key).where(
+                c.source == source, c.table_name == table, c.deleted.is_(False)
+            )
+        ).all()
+        return [RecordKey(*row) for row in rows]
+
+    def load_profiles(self, profile_ids: Collection[str]) -> dict[str, StoredProfile]:
+        """Profile rows by id (aliases are not followed)."""
+        return load_profiles(self._c, list(profile_ids))
+
+    def profile_ids_taken(self, candidates: Collection[str]) -> set[str]:
+        """Which of these ids name a live profile or an alias (those ids are never reused).
+
+        A deleted profile's id may come back when its founding record does: ids follow history.
+        """
+        if not candidates:
+            return set()
+        ids = list(candidates)
+        return set(sql.run(self._c, sql.PROFILE_IDS_TAKEN, ids, ids).scalars().all())
+
+    def load_overrides(self, keys: Collection[RecordKey]) -> list[tuple[str, RecordKey, RecordKey]]:
+        """Steward overrides that involve any of these records: ``(kind, a, b)``."""
+        if not keys:
+            return []
+        texts = json_codec.dumps([key_text(k) for k in keys])
+        rows = sql.run(self._c, sql.LOAD_OVERRIDES, texts, texts).all()
+        return [(kind, parse_key_text(a), parse_key_text(b)) for kind, a, b in rows]
+
+    # --- writes -------------------------------------------------------------------------------
+
+    def save_records(
+        self,
+        records: Iterable[tuple[SourceRecord, str | None]],
+        links_unchanged: Collection[RecordKey] = (),
+    ) -> None:
+        """Upsert record images (with their profile) and replace their identifier rows.
+
+        Args:
+            records: ``(image, profile id)`` pairs.
+            links_unchanged: Records whose stored identifier rows are already right (same
+                identifiers, not deleted before or now): their rows are left alone, which spares
+                the index churn of the most common change, an update that keeps its identifiers.
+        """
+        items = list(records)
+        if not items:
+            return
+        sql.run(
+            self._c,
+            sql.UPSERT_RECORDS,
+            sql.rows(
+                {
+                    "source": r.key.source,
+                    "table_name": r.key.table,
+                    "record_key": r.key.key,
+                    "profile_id": profile_id,
+                    "fields": r.fields,
+                    "identifiers": sorted([i.type, i.value] for i in r.identifiers),
+                    "version": r.version,
+                    "commit_time_us": r.commit_time_us,
+                    "position": r.position,
+                    "deleted": r.deleted,
+                }
+                for r, profile_id in items
+            ),
+        )
+        relinked = [r for r, _ in items if r.key not in links_unchanged]
+        if not relinked:
+            return
+        sql.run(self._c, sql.DELETE_IDENTIFIERS, sql.keys(r.key for r in relinked))
+        # Deleted records keep their image (so older redeliveries stay ignored) but link nothing.
+        links = [
+            {
+                "type": i.type,
+                "value": i.value,
+                "source": r.key.source,
+                "table_name": r.key.table,
+                "record_key": r.key.key,
+            }
+            for r in relinked
+            if not r.deleted
+            for i in sorted(r.identifiers)
+        ]
+        if links:
+            sql.run(self._c, sql.INSERT_IDENTIFIERS, sql.rows(links))
+
+    def set_record_profiles(self, assignment: Mapping[RecordKey, str | None]) -> None:
+        """Move records to other profiles (records whose image did not change)."""
+        if not assignment:
+            return
+        document = sql.rows(
+            {"source": k.source, "table_name": k.table, "record_key": k.key, "profile_id": p}
+            for k, p in assignment.items()
+        )
+        sql.run(self._c, sql.SET_RECORD_PROFILES, document)
+
+    def save_profiles(self, profiles: Iterable[StoredProfile]) -> None:
+        """Upsert profiles."""
+        document = [
+            {
+                "profile_id": p.profile_id,
+                "fields": p.fields,
+                "identifiers": p.identifiers,
+                "record_count": p.record_count,
+                "created_sequence": p.created_sequence,
+                "updated_sequence": p.updated_sequence,
+            }
+            for p in profiles
+        ]
+        if document:
+            sql.run(self._c, sql.UPSERT_PROFILES, sql.rows(document))
+
+    def retire_profiles(self, merged_into: Mapping[str, str | None], sequence: int) -> None:
+        """Remove profiles; those merged into a survivor keep resolving as its aliases."""
+        if not merged_into:
+            return
+        sql.run(self._c, sql.DELETE_PROFILES, list(merged_into))
+        aliases = sql.rows(
+            {"alias_id": old, "profile_id": new}
+            for old, new in merged_into.items()
+            if new is not None
+        )
+        if aliases != "[]":
+            sql.run(self._c, sql.REPOINT_ALIASES, aliases)
+            sql.run(self._c, sql.UPSERT_ALIASES, sequence, aliases)
+
+    def append_changes(self, changes: list[ChangeRow]) -> int:
+        """Append changes with the next sequences; returns the new head."""
+        if not changes:
+            return self.head
+        document = sql.rows(
+            {
+                "sequence": self.head + n,
+                "profile_id": c.profile_id,
+                "kind": c.kind,
+                "changes": c.changes,
+                "related": c.related,
+                "cause": c.cause,
+            }
+            for n, c in enumerate(changes, start=1)
+        )
+        sql.run(self._c, sql.APPEND_CHANGES, document)
+        self.head += len(changes)
+        sql.run(self._c, sql.ADVANCE_HEAD, self.head, CHANGE_CHANNEL, str(self.head))
+        return self.head
+
+    def save_positions(self, consumer: str, positions: Mapping[str, int]) -> None:
+        """Record how far ``consumer`` has applied each stream (same transaction as effects)."""
+        if not positions:
+            return
+        document = sql.rows({"stream": s, "position": p} for s, p in positions.items())
+        sql.run(self._c, sql.SAVE_POSITIONS, consumer, document)
+
+    def add_dead_letter(
+        self,
+        consumer: str,
+        stream: str,
+        position: int,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        reason: str,
+    ) -> None:
+        """Keep an event that could not be applied, with the reason."""
+        self._c.execute(
+            insert(t.dead_letters).values(
+                consumer=consumer,
+                stream=stream,
+                position=position,
+                topic=topic,
+                key=key,
+                value=value,
+                reason=reason,
+            )
+        )
+
+    def save_override(self, kind: str, a: RecordKey, b: RecordKey, actor: str, reason: str) -> None:
+        """Store a steward's force-link or never-link (replacing any earlier one for the pair)."""
+        first, second = sorted((a, b))
+        statement = upsert(t.link_overrides).values(
+            kind=kind,
+            record_a=key_text(first),
+            record_b=key_text(second),
+            actor=actor,
+            reason=reason,
+        )
+        self._c.execute(
+            statement.on_conflict_do_update(
+                index_elements=["record_a", "record_b"],
+                set_={
+                    "kind": statement.excluded.kind,
+                    "actor": statement.excluded.actor,
+                    "reason": statement.excluded.reason,
+                    "created_at": func.now(),
+                },
+            )
+        )
+
+    def delete_override(self, a: RecordKey, b: RecordKey) -> bool:
+        """Remove the override between two records; ``True`` if there was one."""
+        first, second = sorted((a, b))
+        result = self._c.execute(
+            delete(t.link_overrides).where(
+                t.link_overrides.c.record_a == key_text(first),
+                t.link_overrides.c.record_b == key_text(second),
+            )
+        )
+        return bool(result.rowcount)
+
+    def save_conflicts(self, conflicts: Iterable[tuple[Identifier, list[str], str]]) -> None:
+        """Record shared identifiers that were not used to merge, for stewards to review."""
+        document: list[dict[str, Any]] = [
+            {
+                "identifier_type": i.type,
+                "identifier_value": i.value,
+                "records": records,
+                "reason": reason,
+            }
+            for i, records, reason in conflicts
+        ]
+        if document:
+            sql.run(self._c, sql.SAVE_CONFLICTS, self.head, sql.rows(document))
