@@ -249,13 +249,19 @@ class ChangeFeed(Generic[T]):
         """Hand a batch to the live subscriptions (no await: the live set is stable meanwhile)."""
         if entries[0].sequence != self._head + 1:
             # Rows the pump never read are gone (retention overtook it, or rows were removed):
-            # live subscribers would miss them silently, so each re-reads the log from our head
-            # and finds out whether it is still in range.
+            # live subscribers would miss them silently, so each re-reads the log from where it
+            # is and finds out whether it is still in range. "Where it is" is the later of our
+            # head and its own position: a subscription resolved its start from the store, so
+            # it may have joined while the pump lagged, positioned past the hole already (an
+            # EARLIEST start after retention). Rewinding it to our head would make it look
+            # older than retention and end it with OUT_OF_RANGE for rows it never needed.
             log.warning("change log has a hole after the feed head", head=self._head,
                         next=entries[0].sequence)
             for group in self._groups.values():
                 for subscription in list(group):
-                    self._fall_back(subscription, self._head)
+                    position = max(self._head, subscription.position)
+                    if position < entries[0].sequence - 1:
+                        self._fall_back(subscription, position)
         for entry in entries:
             overflowed: list[Subscription[T]] = []
             for change_filter, group in self._groups.items():

@@ -448,6 +448,35 @@ def test_a_start_older_than_retention_is_out_of_range_with_how_to_resync(store_d
     run(scenario)
 
 
+def test_earliest_after_retention_is_in_range_even_when_it_goes_live_before_the_feed_reads(
+    store_dsn,
+):
+    # The race a loaded machine hit: an EARLIEST start resolves from the store (after 5, the
+    # oldest retained being 6) and goes live while the pump's head still trails at 0; the pump
+    # then meets the hole 1..5 and must not rewind that subscription to its own head.
+    async def scenario():
+        # No notifications and no poll within the test: the pump reads only when woken here.
+        async with serving(store_dsn, listen_dsn="host=127.0.0.1 port=1 connect_timeout=1",
+                           poll_interval_s=60.0) as h:
+            await h.append(*[change() for _ in range(10)])
+            with psycopg.connect(store_dsn, autocommit=True) as conn:
+                conn.execute("DELETE FROM up_change_log WHERE sequence <= 5")
+            assert h.feed.head == 0
+            subscription = await h.feed.subscribe(StartAt.earliest(), ChangeFilter())
+            entries = subscription.__aiter__()
+            first = asyncio.ensure_future(anext(entries))
+            async with asyncio.timeout(10):
+                while not subscription.live:
+                    await asyncio.sleep(0)
+            h.feed._wake.set()  # what the notification of the ten commits would have done
+            received = [(await first).sequence]
+            received += [(await anext(entries)).sequence for _ in range(4)]
+            assert received == [6, 7, 8, 9, 10]
+            assert h.feed.head == 10
+            subscription.close()
+    run(scenario)
+
+
 def test_retention_overtaking_a_catching_up_subscriber_ends_it_out_of_range(store_dsn):
     async def scenario():
         async with serving(store_dsn, read_batch=5) as h:
