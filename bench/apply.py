@@ -27,7 +27,7 @@ from unified_profile.cdc.kafka import KafkaSink, ensure_topics, partition_stream
 from unified_profile.server.config import ServiceConfig, parse_service_config
 from unified_profile.server.engine.records import SourceRecord
 from unified_profile.server.engine.survivorship import merge_fields
-from unified_profile.server.ingest.applier import _field_json
+from unified_profile.server.ingest.applier import field_json
 from unified_profile.server.ingest.mapper import ConfiguredMapper
 from unified_profile.server.store import migrate
 
@@ -163,7 +163,7 @@ def check_preload(
         record = mapper.map_event(decoded_from(factory.event(change)))
         assert isinstance(record, SourceRecord)
         merged = merge_fields([record], config.rules)
-        profile_fields = {path: _field_json(value) for path, value in merged.items()}
+        profile_fields = {path: field_json(value) for path, value in merged.items()}
         engine_view = (
             record.key,
             dict(record.fields),

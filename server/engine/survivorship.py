@@ -92,6 +92,8 @@ class RuleSet:
     patterns: tuple[tuple[str, Rule], ...] = ()
     _exact: Mapping[str, Rule] = field(init=False, repr=False, compare=False)
     _prefixes: tuple[tuple[str, Rule], ...] = field(init=False, repr=False, compare=False)
+    # Paths are few and every merge asks for each of them: remember the answers.
+    _resolved: dict[str, Rule] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         exact: dict[str, Rule] = {}
@@ -111,9 +113,16 @@ class RuleSet:
         object.__setattr__(self, "_exact", exact)
         longest_first = sorted(prefixes.items(), key=lambda item: -len(item[0]))
         object.__setattr__(self, "_prefixes", tuple(longest_first))
+        object.__setattr__(self, "_resolved", {})
 
     def rule_for(self, path: str) -> Rule:
         """The rule of ``path``: exact pattern, else the longest matching prefix, else default."""
+        rule = self._resolved.get(path)
+        if rule is None:
+            rule = self._resolved[path] = self._match(path)
+        return rule
+
+    def _match(self, path: str) -> Rule:
         rule = self._exact.get(path)
         if rule is not None:
             return rule
@@ -220,7 +229,11 @@ def merge_fields(records: Iterable[SourceRecord], rules: RuleSet) -> dict[str, F
     merged: dict[str, FieldValue] = {}
     for path in sorted(by_path):
         rule = rules.rule_for(path)
-        merged[path] = _merge(path, _ranked(path, by_path[path], rule), rule)
+        holders = by_path[path]
+        # One holder (most paths: few people are in both systems) has nothing to rank, unless
+        # its rule must check the value's type.
+        ranked = holders if len(holders) == 1 and rule.kind in _UNCHECKED else None
+        merged[path] = _merge(path, ranked or _ranked(path, holders, rule), rule)
     return merged
 
 
@@ -239,6 +252,10 @@ def explain_field(records: Iterable[SourceRecord], path: str, rules: RuleSet) ->
         Candidate(r.fields[path], r.key, r.version, r.commit_time_us) for r in ranked
     )
     return FieldExplanation(path, rule, candidates, _merge(path, ranked, rule))
+
+
+# Rules that take any value: ranking a single holder cannot fail or reorder anything.
+_UNCHECKED = frozenset({"source_priority", "last_writer_wins", "union"})
 
 
 def _live(records: Iterable[SourceRecord]) -> list[SourceRecord]:

@@ -31,7 +31,7 @@ from ..engine.identity import (
 )
 from ..engine.mapping import fill_unavailable
 from ..engine.records import Identifier, RecordKey, SourceRecord
-from ..engine.survivorship import FieldValue, RuleSet, merge_fields
+from ..engine.survivorship import FieldValue, Provenance, RuleSet, merge_fields
 from ..store.rows import ChangeRow, StoredProfile, StoredRecord
 from ..store.store_batch import StoreBatch
 
@@ -181,6 +181,7 @@ class _Plan:
         self.profiles: list[StoredProfile] = []
         self.retired: dict[str, str | None] = {}
         self.assignment: dict[RecordKey, str | None] = {}
+        self.provenance_json: dict[Provenance, dict[str, Any]] = {}
 
     def execute(self, links_unchanged: Collection[RecordKey] = ()) -> list[ChangeRow]:
         """Work out the effects, write them, and return the change-log rows appended."""
@@ -238,7 +239,7 @@ class _Plan:
         causes = self._causes(cluster)
         rows_before = len(self.rows)
         merged = merge_fields([self.images[k] for k in cluster], self.rules)
-        fields = {path: _field_json(value) for path, value in sorted(merged.items())}
+        fields = {path: field_json(v, self.provenance_json) for path, v in merged.items()}
         identifiers = [
             list(pair)
             for pair in sorted(
@@ -388,11 +389,22 @@ def _with_unavailable_filled(item: IncomingRecord, stored: StoredRecord | None) 
     return item if record is item.record else IncomingRecord(record, item.cause, item.force)
 
 
-def _field_json(value: FieldValue) -> dict[str, Any]:
-    return {
-        "value": value.value,
-        "provenance": [
-            {
+def field_json(
+    value: FieldValue, shared: dict[Provenance, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A field as the profile row stores it: its value and provenance documents.
+
+    Args:
+        value: The surviving value.
+        shared: Provenance documents already built (a record's provenance is the same for each
+            field it wins): reused, and new ones added.
+    """
+    shared = {} if shared is None else shared
+    provenance = []
+    for p in value.provenance:
+        document = shared.get(p)
+        if document is None:
+            document = shared[p] = {
                 "source": p.source,
                 "table": p.table,
                 "record_key": p.record_key,
@@ -400,17 +412,17 @@ def _field_json(value: FieldValue) -> dict[str, Any]:
                 "commit_time_us": p.commit_time_us,
                 "rule": p.rule,
             }
-            for p in value.provenance
-        ],
-    }
+        provenance.append(document)
+    return {"value": value.value, "provenance": provenance}
 
 
 def _diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
     """Changed field paths with old and new values (provenance-only changes are not changes)."""
     changes: dict[str, Any] = {}
     for path in sorted(before.keys() | after.keys()):
-        old = before.get(path, {}).get("value")
-        new = after.get(path, {}).get("value")
+        old_field, new_field = before.get(path), after.get(path)
+        old = old_field["value"] if old_field else None
+        new = new_field["value"] if new_field else None
         if old != new:
             changes[path] = {"old": old, "new": new}
     return changes
