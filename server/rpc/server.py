@@ -8,6 +8,7 @@ so a load balancer drains it before calls are refused) and server reflection.
 from __future__ import annotations
 
 import asyncio
+import gc
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,6 +163,12 @@ async def serve(
         await feed.start()
         subscriptions = ProfileSubscriptions(feed, store)
     running = await start_server(config.grpc, build_service(config, store, subscriptions))
+    # What starting allocated (modules, protobuf descriptors, config, the store's engine) lives
+    # as long as the process. Left to the cyclic collector, every full pass rescans it all:
+    # ~180k objects, ~70 ms with the event loop stopped, every second or two once streams
+    # churn short-lived objects, and each pass delays every change in flight to subscribers.
+    gc.collect()
+    gc.freeze()
     try:
         await stop.wait()
     finally:
