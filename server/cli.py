@@ -1,7 +1,8 @@
 """The ``unified-profile`` command.
 
-Exit codes: 0 after a clean stop, 2 for an invalid configuration, 3 when a source database is not
-ready for capture (the message says what to fix), 1 for anything else.
+Exit codes: 0 after a clean stop, 2 for an invalid configuration, 3 when a database is not ready
+(a source not ready for capture, a store not migrated, a store another ``run`` is using; the
+message says what to fix), 1 for anything else.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from unified_profile.cdc.config import KafkaConfig, load_capture_config
 from unified_profile.cdc.errors import ConfigError, PreflightError
 
 from .capture import CaptureService
-from .config import load_service_config
+from .config import ServiceConfig, load_service_config
 from .ingest.service import StoreNotMigrated, open_store, run_kafka_engine
 from .logs import configure_logging
 from .retry import retry_transient
@@ -67,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", required=True, help="the TOML configuration file")
     serve.add_argument("--listen", help="host:port overriding [grpc] listen")
+    run = commands.add_parser(
+        "run",
+        help="connectors, engine and gRPC server in one process (migrates the store first)",
+    )
+    run.add_argument("--config", required=True, help="the TOML configuration file")
+    run.add_argument("--listen", help="host:port overriding [grpc] listen")
     return parser
 
 
@@ -85,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_engine(args)
         if args.command == "serve":
             return _run_serve(args)
+        if args.command == "run":
+            return _run_all(args)
     except StoreNotMigrated as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_PREFLIGHT
@@ -153,9 +162,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     # Imported here: the gRPC stack is only needed by this command.
     from .rpc.server import ServerStartError, serve
 
-    config = load_service_config(args.config)
-    if args.listen:
-        config = replace(config, grpc=config.grpc.model_copy(update={"listen": args.listen}))
+    config = _with_listen(load_service_config(args.config), args.listen)
     store = open_store(config)
 
     async def run() -> None:
@@ -173,6 +180,43 @@ def _run_serve(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return EXIT_OK
+
+
+def _run_all(args: argparse.Namespace) -> int:
+    from .allinone import StoreInUse, run_all
+    from .rpc.server import ServerStartError
+
+    config = _with_listen(load_service_config(args.config), args.listen)
+    migrate.upgrade(config.store.dsn)
+    store = open_store(config)
+
+    async def run() -> Exception | None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, _log_and_set, stop, signum)
+        return (await run_all(config, store, stop)).failure
+
+    try:
+        failure = asyncio.run(run())
+    except (StoreInUse, ServerStartError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_PREFLIGHT if isinstance(exc, StoreInUse) else EXIT_FAILED
+    finally:
+        store.close()
+    if failure is None:
+        return EXIT_OK
+    # Retrying cannot fix these; the message already names the problem and its fix.
+    if isinstance(failure, PreflightError | ConfigError):
+        raise failure
+    print(f"error: {failure}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _with_listen(config: ServiceConfig, listen: str | None) -> ServiceConfig:
+    if not listen:
+        return config
+    return replace(config, grpc=config.grpc.model_copy(update={"listen": listen}))
 
 
 def _log_and_set(stop: asyncio.Event, signum: int) -> None:

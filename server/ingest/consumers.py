@@ -19,6 +19,7 @@ from unified_profile.cdc.errors import EnvelopeError
 from unified_profile.cdc.kafka import KafkaEventSource, partition_stream
 from unified_profile.cdc.sink import InMemorySink
 
+from ..retry import retry_transient
 from .pipeline import BatchResult, IngestPipeline, StreamEvent
 
 log = structlog.get_logger(__name__)
@@ -105,11 +106,27 @@ class EmbeddedIngest:
                 except EnvelopeError:
                     continue  # transaction markers: nothing to apply
                 batch.append(StreamEvent(self._stream, event.lsn, event.topic, decoded=decoded))
-            result = self._pipeline.apply(batch)
+            result = self._apply_until_committed(batch, stop)
             # Only now may the connector confirm these LSNs to PostgreSQL.
             self._sink.acknowledge(sequence)
             self.applied_events += result.events
             progress.record(result)
+
+
+    def _apply_until_committed(
+        self, batch: list[StreamEvent], stop: threading.Event
+    ) -> BatchResult:
+        """Apply ``batch``, retrying a store outage until it commits or the service stops.
+
+        The events are out of the sink once taken, so giving up on them would lose them until
+        the next start. If the service stops first, they are never acknowledged: the connector
+        does not confirm them and the source sends them again.
+        """
+        applied: list[BatchResult] = []
+        retry_transient(
+            stop, f"engine.{self._stream}", lambda: applied.append(self._pipeline.apply(batch))
+        )
+        return applied[0]
 
 
 class _Progress:
