@@ -2,13 +2,15 @@
 
 Exit codes: 0 after a clean stop, 2 for an invalid configuration, 3 when a database is not ready
 (a source not ready for capture, a store not migrated, a store another ``run`` is using; the
-message says what to fix), 1 for anything else.
+message says what to fix), 4 when ``reconcile`` found drift (after ``--repair``: drift left),
+1 for anything else.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 import threading
@@ -28,7 +30,7 @@ from .logs import configure_logging
 from .retry import retry_transient
 from .store import migrate
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_PREFLIGHT = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_PREFLIGHT, EXIT_DRIFT = 0, 1, 2, 3, 4
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", required=True, help="the TOML configuration file")
     run.add_argument("--listen", help="host:port overriding [grpc] listen")
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="compare every source row with the store; report drift (exit 4 if any)",
+    )
+    reconcile.add_argument("--config", required=True, help="the TOML configuration file")
+    reconcile.add_argument(
+        "--repair", action="store_true", help="re-sync what drifted through the apply path"
+    )
+    reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -94,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_serve(args)
         if args.command == "run":
             return _run_all(args)
+        if args.command == "reconcile":
+            return _run_reconcile(args)
     except StoreNotMigrated as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_PREFLIGHT
@@ -211,6 +224,28 @@ def _run_all(args: argparse.Namespace) -> int:
         raise failure
     print(f"error: {failure}", file=sys.stderr)
     return EXIT_FAILED
+
+
+def _run_reconcile(args: argparse.Namespace) -> int:
+    from .reconcile.checker import check
+    from .reconcile.output import as_table
+    from .reconcile.repair import repair
+
+    config = load_service_config(args.config)
+    store = open_store(config)
+    try:
+        report = check(config, store)
+        document: dict[str, object] = {"report": report.as_json()}
+        text = [as_table(report)]
+        if args.repair and report.drifted:
+            appended = repair(config, store, report)
+            report = check(config, store)
+            document.update(repaired_profile_changes=appended, after_repair=report.as_json())
+            text += [f"repaired: {appended} profile changes appended", as_table(report)]
+    finally:
+        store.close()
+    print(json.dumps(document, indent=2) if args.json else "\n".join(text))
+    return EXIT_DRIFT if report.drifted else EXIT_OK
 
 
 def _with_listen(config: ServiceConfig, listen: str | None) -> ServiceConfig:

@@ -141,6 +141,12 @@ RECORDS_OF_PROFILES = """
 SELECT source, table_name, record_key FROM up_source_records WHERE profile_id = ANY(%s::text[])
 """
 
+RECORDS_OF_PROFILES_FULL = """
+SELECT source, table_name, record_key, profile_id, fields, identifiers, version, commit_time_us,
+       position, deleted
+FROM up_source_records WHERE profile_id = ANY(%s::text[])
+"""
+
 LOAD_PROFILES = """
 SELECT profile_id, fields, identifiers, record_count, created_sequence, updated_sequence
 FROM up_profiles WHERE profile_id = ANY(%s::text[])

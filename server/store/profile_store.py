@@ -11,7 +11,7 @@ deadlock).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,10 +21,18 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from unified_profile.cdc.offsets import ConnectorOffset
 
-from ..engine.records import Identifier
+from ..engine.records import Identifier, RecordKey
+from . import batch_sql as sql
 from . import schema as t
 from .engine import create_store_engine
-from .rows import ChangeRow, LoggedChange, StoredProfile, StoredRecord, load_profiles
+from .rows import (
+    ChangeRow,
+    LoggedChange,
+    StoredProfile,
+    StoredRecord,
+    load_profiles,
+    stored_record,
+)
 from .store_batch import CHANGE_CHANNEL, StoreBatch
 
 # The row shapes and the batch are imported from here by most of the service.
@@ -151,6 +159,51 @@ class ProfileStore:
         with self.engine.connect() as connection:
             ids = connection.execute(select(t.profiles.c.profile_id)).scalars().all()
             return load_profiles(connection, list(ids))
+
+    def records(self, keys: Collection[RecordKey]) -> dict[RecordKey, StoredRecord]:
+        """The stored images of these records, outside any batch (reconciliation)."""
+        if not keys:
+            return {}
+        with self.engine.connect() as connection:
+            rows = sql.run(connection, sql.LOAD_RECORDS, sql.keys(keys)).all()
+        return {found.record.key: found for found in map(stored_record, rows)}
+
+    def live_record_keys(self, source: str, table: str) -> set[RecordKey]:
+        """Every record of one source table the store holds as live."""
+        c = t.source_records.c
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(c.record_key).where(
+                    c.source == source, c.table_name == table, c.deleted.is_(False)
+                )
+            ).scalars()
+            return {RecordKey(source, table, key) for key in rows}
+
+    def profile_record_keys(self, profile_id: str) -> set[RecordKey]:
+        """The records linked to one profile."""
+        with self.engine.connect() as connection:
+            rows = sql.run(connection, sql.RECORDS_OF_PROFILES, [profile_id])
+            return {RecordKey(*row) for row in rows}
+
+    def profiles_page(
+        self, after: str, limit: int
+    ) -> list[tuple[StoredProfile, list[StoredRecord]]]:
+        """Profiles by id after ``after`` (``""``: from the first), each with its records."""
+        with self.engine.connect() as connection:
+            ids = list(
+                connection.execute(
+                    select(t.profiles.c.profile_id)
+                    .where(t.profiles.c.profile_id > after)
+                    .order_by(t.profiles.c.profile_id)
+                    .limit(limit)
+                ).scalars()
+            )
+            profiles = load_profiles(connection, ids)
+            members: dict[str, list[StoredRecord]] = {pid: [] for pid in ids}
+            for row in sql.run(connection, sql.RECORDS_OF_PROFILES_FULL, ids):
+                found = stored_record(row)
+                members[str(found.profile_id)].append(found)
+        return [(profiles[pid], members[pid]) for pid in ids if pid in profiles]
 
     def dead_letters(self) -> list[dict[str, Any]]:
         """Every dead letter, oldest first."""

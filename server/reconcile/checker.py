@@ -1,0 +1,93 @@
+"""Comparing the sources with the store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import structlog
+
+from ..config import ServiceConfig
+from ..engine.records import RecordKey, SourceRecord
+from ..engine.survivorship import RuleSet, merge_fields
+from ..ingest.applier import field_json
+from ..ingest.mapper import ConfiguredMapper
+from ..store.profile_store import ProfileStore, StoredProfile
+from .drift import ProfileDrift, RecordDrift, Report, TableReport, compare
+from .source_rows import read_source
+
+log = structlog.get_logger(__name__)
+
+_PROFILE_PAGE = 1_000
+
+
+def check(config: ServiceConfig, store: ProfileStore, batch_rows: int = 2_000) -> Report:
+    """Read every source row and every profile; report what drifted.
+
+    Raises:
+        SourceError: A source is unreachable.
+        StoreError: The store is unreachable.
+    """
+    report = Report()
+    mapper = ConfiguredMapper(config.mapping)
+    for source in config.capture.sources:
+        tables: dict[str, TableReport] = {}
+        seen: dict[str, set[RecordKey]] = {}
+        for batch in read_source(source, mapper, batch_rows):
+            table = tables.setdefault(batch.table, TableReport(source.name, batch.table))
+            table.source_rows += len(batch.images) + len(batch.rejected)
+            table.unmappable += batch.rejected
+            stored = store.records([image.key for image in batch.images])
+            found = seen.setdefault(batch.table, set())
+            for image in batch.images:
+                found.add(image.key)
+                before = stored.get(image.key)
+                drift = compare(image, before.record if before else None)
+                if drift is not None:
+                    table.drift.append(drift)
+        for name, table in tables.items():
+            orphans = store.live_record_keys(source.name, name) - seen.get(name, set())
+            table.drift += [RecordDrift("orphaned", key) for key in sorted(orphans)]
+            report.tables.append(table)
+            log.info(
+                "reconcile.table_checked",
+                source=source.name,
+                table=name,
+                rows=table.source_rows,
+                missing=table.count("missing"),
+                stale=table.count("stale"),
+                orphaned=table.count("orphaned"),
+            )
+    _check_profiles(store, config.rules, report)
+    return report
+
+
+def _check_profiles(store: ProfileStore, rules: RuleSet, report: Report) -> None:
+    after = ""
+    while page := store.profiles_page(after, _PROFILE_PAGE):
+        for profile, records in page:
+            report.profiles_checked += 1
+            paths = profile_differences(profile, [r.record for r in records], rules)
+            if paths:
+                report.profile_drift.append(ProfileDrift(profile.profile_id, paths))
+        after = page[-1][0].profile_id
+
+
+def profile_differences(
+    profile: StoredProfile, records: Iterable[SourceRecord], rules: RuleSet
+) -> tuple[str, ...]:
+    """Field paths (and ``identifiers`` / ``record_count``) where a stored profile differs from a
+    recompute over its records."""
+    live = [r for r in records if not r.deleted]
+    merged = {path: field_json(value) for path, value in merge_fields(live, rules).items()}
+    differences = sorted(
+        path
+        for path in profile.fields.keys() | merged.keys()
+        if profile.fields.get(path) != merged.get(path)
+    )
+    identifiers = sorted({(i.type, i.value) for r in live for i in r.identifiers})
+    if sorted(tuple(pair) for pair in profile.identifiers) != identifiers:
+        differences.append("identifiers")
+    if profile.record_count != len(live):
+        differences.append("record_count")
+    return tuple(differences)
+
