@@ -297,6 +297,7 @@ class Connector:
     def _publish(self, events: Sequence[ChangeEvent]) -> None:
         if events:
             self.stats.events_published = self._sink.publish(events)
+            self.stats.count_topics([e.topic for e in events])
 
     def _track_commit(self, committed: CommittedTransaction) -> None:
         self._unconfirmed.append(

@@ -353,6 +353,21 @@ class KafkaEventSource:
             for r in records
         ]
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records not yet consumed per assigned partition, as of the last fetch.
+
+        Partitions not fetched yet (no high watermark known) are left out.
+        """
+        lag: dict[tuple[str, int], int] = {}
+        try:
+            for tp in self._consumer.assignment():
+                highwater = self._consumer.highwater(tp)
+                if highwater is not None:
+                    lag[(tp.topic, tp.partition)] = max(0, highwater - self._consumer.position(tp))
+        except KafkaError as exc:  # a figure for metrics: never worth failing a batch over
+            log.debug("kafka.lag_unavailable", error=str(exc))
+        return lag
+
     def commit(self, records: Sequence[ConsumedRecord]) -> None:
         """Commit, to Kafka, the offsets after these records (call after the store commit)."""
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}

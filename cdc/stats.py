@@ -21,6 +21,7 @@ class CaptureSnapshot:
         server_wal_end: The server's WAL end from its last keepalive.
         slot_lag_bytes: ``server_wal_end - confirmed_lsn``: WAL the slot still pins.
         slot_lag_ms: Commit → acknowledged delay of the last acknowledged transaction.
+        events_by_topic: Change events handed to the sink since start, per topic.
     """
 
     events_published: int
@@ -32,6 +33,7 @@ class CaptureSnapshot:
     server_wal_end: int
     slot_lag_bytes: int
     slot_lag_ms: float
+    events_by_topic: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -45,8 +47,15 @@ class CaptureStats:
     confirmed_lsn: int = 0
     server_wal_end: int = 0
     slot_lag_ms: float = 0.0
+    events_by_topic: dict[str, int] = field(default_factory=dict)
     _rate_window: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=20))
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count_topics(self, topics: list[str]) -> None:
+        """Count published events per topic."""
+        with self._lock:
+            for topic in topics:
+                self.events_by_topic[topic] = self.events_by_topic.get(topic, 0) + 1
 
     def sample_rate(self, now: float) -> None:
         """Record (time, published) so :meth:`snapshot` can report a recent rate."""
@@ -70,4 +79,5 @@ class CaptureStats:
                 server_wal_end=self.server_wal_end,
                 slot_lag_bytes=max(0, self.server_wal_end - self.confirmed_lsn),
                 slot_lag_ms=self.slot_lag_ms,
+                events_by_topic=dict(self.events_by_topic),
             )

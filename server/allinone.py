@@ -37,6 +37,7 @@ from unified_profile.cdc.connector import Connector
 from unified_profile.cdc.errors import SinkError, SourceError
 from unified_profile.cdc.sink import InMemorySink
 
+from . import metrics
 from .capture import CaptureService
 from .config import ServiceConfig
 from .ingest.consumers import EmbeddedIngest
@@ -147,6 +148,7 @@ class Workers:
     ) -> Callable[[], None]:
         def run() -> None:
             connector = Connector(source, sink, StoreOffsetStore(store))
+            metrics.CONNECTORS.add(connector)
             try:
                 retry_transient(
                     self._capture_stop, f"cdc.{source.name}", lambda: connector.run(
@@ -207,6 +209,7 @@ async def run_all(config: ServiceConfig, store: ProfileStore, stop: asyncio.Even
 
     Raises:
         StoreInUse: Another ``run`` holds the store.
+        MetricsStartError: ``[metrics] listen`` cannot be bound.
     """
     from .rpc.server import serve  # the gRPC stack loads only for the commands that serve
 
@@ -214,6 +217,7 @@ async def run_all(config: ServiceConfig, store: ProfileStore, stop: asyncio.Even
     claim.acquire()
     workers = Workers()
     try:
+        metrics.serve_metrics(config.metrics)
         if isinstance(config.capture.transport, KafkaConfig):
             workers.start_kafka(config, store)
         else:

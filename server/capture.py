@@ -17,6 +17,7 @@ from unified_profile.cdc.connector import Connector, heartbeat_topic, table_topi
 from unified_profile.cdc.errors import CaptureError, SinkError, SourceError
 from unified_profile.cdc.kafka import KafkaOffsetStore, KafkaSink, ensure_topics
 
+from . import metrics
 from .retry import retry_transient
 
 log = structlog.get_logger(__name__)
@@ -67,6 +68,7 @@ class CaptureService:
             sink = KafkaSink(self.kafka, schemas_enable=source.schemas_enable)
             connector = Connector(source, sink, KafkaOffsetStore(self.kafka))
             self.connectors[source.name] = connector
+            metrics.CONNECTORS.add(connector)
             try:
                 connector.run(self._stop)
             finally:

@@ -27,6 +27,7 @@ from .capture import CaptureService
 from .config import ServiceConfig, load_service_config
 from .ingest.service import StoreNotMigrated, open_store, run_kafka_engine
 from .logs import configure_logging
+from .metrics import MetricsStartError, load_metrics_config, serve_metrics
 from .retry import retry_transient
 from .store import migrate
 
@@ -116,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PreflightError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_PREFLIGHT
+    except MetricsStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
     return EXIT_FAILED
 
 
@@ -132,6 +135,7 @@ def _run_cdc(args: argparse.Namespace) -> int:
             ],
         )
     sources = [config.source(name) for name in args.source] if args.source else config.sources
+    serve_metrics(load_metrics_config(args.config))
     service = CaptureService(config, sources)
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -164,6 +168,7 @@ def _run_engine(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _stop_on_signals(stop)
     store = open_store(config)
+    serve_metrics(config.metrics)
     try:
         retry_transient(stop, "engine", lambda: run_kafka_engine(config, store, stop))
     finally:
@@ -177,6 +182,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     config = _with_listen(load_service_config(args.config), args.listen)
     store = open_store(config)
+    serve_metrics(config.metrics)
 
     async def run() -> None:
         stop = asyncio.Event()

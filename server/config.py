@@ -24,9 +24,12 @@ from unified_profile.cdc.errors import ConfigError
 
 from .engine.mapping_config import MappingConfig, parse_mapping_config
 from .engine.survivorship import RULE_KINDS, Rule, RuleSet, default_rules
+from .metrics import MetricsConfig
 from .rpc.settings import GrpcConfig
 
-_KNOWN_SECTIONS = {"store", "transport", "sources", "identity", "rules", "grpc", "engine"}
+_KNOWN_SECTIONS = {
+    "store", "transport", "sources", "identity", "rules", "grpc", "engine", "metrics"
+}
 
 
 class StoreConfig(BaseModel):
@@ -76,6 +79,7 @@ class ServiceConfig:
     store: StoreConfig
     engine: EngineConfig
     grpc: GrpcConfig = field(default_factory=GrpcConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def load_service_config(path: str | Path) -> ServiceConfig:
@@ -98,7 +102,7 @@ def parse_service_config(data: dict[str, Any], file: str | None = None) -> Servi
         for key in data
         if key not in _KNOWN_SECTIONS
     ]
-    capture = mapping = rules = store = engine = grpc = None
+    capture = mapping = rules = store = engine = grpc = metrics = None
     try:
         capture = parse_capture_config(data, file)
     except ConfigError as exc:
@@ -120,13 +124,21 @@ def parse_service_config(data: dict[str, Any], file: str | None = None) -> Servi
     except ValidationError as exc:
         problems += [(f"grpc.{k}" if k else "grpc", m) for k, m in validation_problems(exc)]
     try:
+        metrics = MetricsConfig.model_validate(data.get("metrics", {}))
+    except ValidationError as exc:
+        problems += [
+            (f"metrics.{k}" if k else "metrics", m) for k, m in validation_problems(exc)
+        ]
+    try:
         rules = parse_rules(data.get("rules"))
     except _RulesProblem as exc:
         problems.append((exc.path, exc.message))
     if problems:
         raise ConfigError(file, problems)
-    assert capture and mapping and rules and store and engine and grpc
-    return ServiceConfig(file or "<config>", capture, mapping, rules, store, engine, grpc)
+    assert capture and mapping and rules and store and engine and grpc and metrics
+    return ServiceConfig(
+        file or "<config>", capture, mapping, rules, store, engine, grpc, metrics
+    )
 
 
 class _RulesProblem(Exception):

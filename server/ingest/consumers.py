@@ -19,6 +19,7 @@ from unified_profile.cdc.errors import EnvelopeError
 from unified_profile.cdc.kafka import KafkaEventSource, partition_stream
 from unified_profile.cdc.sink import InMemorySink
 
+from .. import metrics
 from ..retry import retry_transient
 from .pipeline import BatchResult, IngestPipeline, StreamEvent
 
@@ -61,6 +62,8 @@ class KafkaIngest:
                 self._source.commit(records)
                 self.applied_events += result.events
                 progress.record(result)
+                for (topic, partition), lag in self._source.lag().items():
+                    metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
         finally:
             self._source.close()
 

@@ -9,6 +9,8 @@ transaction; the batch goes on.
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -19,6 +21,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from unified_profile.cdc.envelope import DecodedEvent, decode_event
 from unified_profile.cdc.errors import EnvelopeError
 
+from .. import metrics
 from ..engine.records import SourceRecord
 from ..store.profile_store import ChangeRow, ProfileStore, StoreBatch, StoreError
 from .applier import IncomingRecord, ProfileApplier
@@ -104,6 +107,8 @@ class IngestPipeline:
         Raises:
             StoreError: The store kept failing; nothing of the batch was committed.
         """
+        started = time.perf_counter()
+        applied: Counter[tuple[str, str]] = Counter()
         incoming: list[IncomingRecord] = []
         truncates: list[tuple[TableTruncated, dict[str, object]]] = []
         dead: list[tuple[StreamEvent, str]] = []
@@ -124,6 +129,7 @@ class IngestPipeline:
                 # still this event's problem only, so it is kept with the reason, not raised.
                 self._dead_letter(dead, event, f"malformed event: {type(exc).__name__}: {exc}")
                 continue
+            applied[(str(cause["source"]), str(cause["table"]))] += 1
             if isinstance(record, TableTruncated):
                 truncates.append((record, cause))
             elif record is not None:
@@ -148,6 +154,7 @@ class IngestPipeline:
                     )
                 batch.save_positions(self.consumer, positions)
                 head = batch.head
+        _record_metrics(applied, dead, changes, head, len(events), time.perf_counter() - started)
         return BatchResult(len(events), len(incoming), len(dead), changes, head)
 
     @staticmethod
@@ -164,6 +171,25 @@ class IngestPipeline:
     def positions(self) -> dict[str, int]:
         """The last applied position of each stream, as committed in the store."""
         return self._store.load_positions(self.consumer)
+
+
+def _record_metrics(
+    applied: Counter[tuple[str, str]],
+    dead: list[tuple[StreamEvent, str]],
+    changes: list[ChangeRow],
+    head: int,
+    events: int,
+    seconds: float,
+) -> None:
+    for (source, table), count in applied.items():
+        metrics.EVENTS_APPLIED.labels(source, table).inc(count)
+    for event, _ in dead:
+        metrics.DEAD_LETTERS.labels(event.topic).inc()
+    for kind, count in Counter(c.kind for c in changes).items():
+        metrics.PROFILE_CHANGES.labels(kind).inc(count)
+    metrics.APPLY_BATCH_EVENTS.observe(events)
+    metrics.APPLY_SECONDS.observe(seconds)
+    metrics.CHANGE_LOG_HEAD.set(head)
 
 
 def _check_storable(record: SourceRecord) -> None:

@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from unified_profile.server.devstack import pick_free_port
 from unified_profile.v1 import profile_service_pb2 as pb
@@ -24,10 +26,12 @@ DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 CRM_TOKEN = "crm-token-0123456789abc"
 
 
-def _demo_config(tmp_path: Path, port: int, suffix: str) -> Path:
-    """The demo config (embedded transport) listening on ``port``, with slots unique to the test."""
+def _demo_config(tmp_path: Path, port: int, metrics_port: int, suffix: str) -> Path:
+    """The demo config (embedded transport) serving gRPC on ``port`` and metrics on
+    ``metrics_port``, with slots unique to the test."""
     text = (DEMO / "unified-profile.toml").read_text()
     text = text.replace('listen = "127.0.0.1:50051"', f'listen = "127.0.0.1:{port}"')
+    text = text.replace("\n[grpc]\n", f'\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n\n[grpc]\n', 1)
     for name in ("crm", "loyalty"):
         text = text.replace(
             f'\nname = "{name}"\n',
@@ -48,6 +52,17 @@ def _start(config: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Scrape ``/metrics``: (sample name, sorted labels) → value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 def _wait_for(condition, timeout: float = 90.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while True:
@@ -66,7 +81,8 @@ def test_run_captures_applies_serves_and_stops_cleanly(new_database, unique_name
         conn.execute((DEMO / "seed.sql").read_text())
     port = pick_free_port()
     suffix = unique_name("run")
-    config = _demo_config(tmp_path, port, suffix)
+    metrics_port = pick_free_port()
+    config = _demo_config(tmp_path, port, metrics_port, suffix)
     env = {
         **os.environ,
         "UP_STORE_DSN": store_dsn,
@@ -113,6 +129,16 @@ def test_run_captures_applies_serves_and_stops_cleanly(new_database, unique_name
             == "platinum",
             what="the tier upgrade to be served",
         )
+
+        # The metrics endpoint shows what happened, per source and table.
+        scraped = _metrics(metrics_port)
+        assert scraped[("up_capture_events_total", (("source", "loyalty"), ("table", "loyalty.members")))] >= 1
+        assert scraped[("up_applied_events_total", (("source", "crm"), ("table", "crm.customers")))] >= 1
+        assert scraped[("up_profile_changes_total", (("kind", "CREATED"),))] >= 8
+        assert scraped[("up_change_log_head", ())] >= 8
+        assert ("up_slot_lag_bytes", (("source", "crm"),)) in scraped
+        assert scraped[("up_apply_batch_seconds_count", ())] >= 1
+        assert not any(name == "up_dead_letters_total" for name, _ in scraped)
 
         # A second run on the same store is refused, and the first one keeps going.
         second = _start(config, {**env})
