@@ -298,6 +298,9 @@ class Connector:
         if events:
             self.stats.events_published = self._sink.publish(events)
             self.stats.count_topics([e.topic for e in events])
+            for event in events:
+                # Keys and positions only (no values): the first line of a change's trail.
+                self._log.debug("cdc.event", topic=event.topic, key=event.key, lsn=event.lsn)
 
     def _track_commit(self, committed: CommittedTransaction) -> None:
         self._unconfirmed.append(

@@ -155,6 +155,7 @@ class IngestPipeline:
                 batch.save_positions(self.consumer, positions)
                 head = batch.head
         _record_metrics(applied, dead, changes, head, len(events), time.perf_counter() - started)
+        _log_changes(changes, head)
         return BatchResult(len(events), len(incoming), len(dead), changes, head)
 
     @staticmethod
@@ -190,6 +191,31 @@ def _record_metrics(
     metrics.APPLY_BATCH_EVENTS.observe(events)
     metrics.APPLY_SECONDS.observe(seconds)
     metrics.CHANGE_LOG_HEAD.set(head)
+
+
+def _log_changes(changes: list[ChangeRow], head: int) -> None:
+    """At debug level, one line per profile change: where it came from, where it went.
+
+    With the connector's ``cdc.event`` lines this follows one change end to end: source, table,
+    key and LSN; the stream (``kafka:<topic>:<partition>`` or ``source:<name>``) and position
+    (offset or LSN) it was applied from; the profile and its change-log sequence. Keys and ids
+    only, never field values: nothing personal even at debug level.
+    """
+    first = head - len(changes) + 1
+    for sequence, change in enumerate(changes, start=first):
+        for cause in change.cause:
+            log.debug(
+                "ingest.change_applied",
+                sequence=sequence,
+                profile_id=change.profile_id,
+                kind=change.kind,
+                source=cause.get("source"),
+                table=cause.get("table"),
+                key=cause.get("key"),
+                lsn=cause.get("lsn"),
+                stream=cause.get("stream"),
+                position=cause.get("position"),
+            )
 
 
 def _check_storable(record: SourceRecord) -> None:
