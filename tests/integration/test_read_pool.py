@@ -112,3 +112,27 @@ def test_a_deadline_cancels_single_and_batched_statements_in_postgresql(store_ds
     assert took < 3
     assert waiting == 0            # every statement was cancelled, none left waiting on the lock
     assert after is not None and after.profile.profile_id == people["anne"]   # pool still works
+
+
+def test_reads_survive_the_store_closing_their_connections(store_dsn, people):
+    async def scenario(admin):
+        pool = ProfileReadPool(store_dsn, size=2)
+        try:
+            before = await pool.get_profile(people["anne"], 5.0)
+            # What a server restart or an idle timeout does to every connection of the pool.
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            await asyncio.sleep(0.2)
+            got = await asyncio.gather(*(pool.get_profile(people["anne"], 5.0) for _ in range(4)))
+            looked = await pool.lookup_profile(Identifier("crm_id", "2"), 5.0)
+            return before, got, looked
+        finally:
+            await pool.close()
+
+    with psycopg.connect(store_dsn, autocommit=True) as admin:
+        before, got, looked = asyncio.run(scenario(admin))
+    assert before is not None
+    assert got == [before] * 4
+    assert not isinstance(looked, int) and looked.profile.profile_id == people["bob"]
