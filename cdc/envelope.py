@@ -347,7 +347,7 @@ def decode_event(topic: str, key: bytes | None, value: bytes | None) -> DecodedE
     if not isinstance(payload, dict):
         raise EnvelopeError(f"{topic}: value is {type(payload).__name__}, expected an object")
     op = payload.get("op")
-    if op not in _OPS:
+    if not isinstance(op, str) or op not in _OPS:
         raise EnvelopeError(f"{topic}: value.op is {op!r}, expected one of c, u, d, r, t")
     source = payload.get("source")
     if not isinstance(source, dict):
