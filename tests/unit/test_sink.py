@@ -179,11 +179,9 @@ def test_close_wakes_a_waiting_consumer() -> None:
     sink = InMemorySink()
     taker = start(lambda: sink.take(5, timeout=60))
     time.sleep(0.05)
-    started = time.monotonic()
     sink.close()
-    taker.join(JOIN_S)
+    taker.join(JOIN_S)  # far shorter than its 60 s timeout: only the close can have woken it
     assert not taker.is_alive()
-    assert time.monotonic() - started < JOIN_S
     assert taker.result == ([], 0)
 
 
@@ -206,11 +204,9 @@ def test_close_wakes_a_waiting_flush_with_an_error() -> None:
     sink.publish(events(1, 2))
     flusher = start(lambda: sink.flush(60))
     time.sleep(0.05)
-    started = time.monotonic()
     sink.close()
-    flusher.join(JOIN_S)
+    flusher.join(JOIN_S)  # far shorter than its 60 s timeout: only the close can have woken it
     assert not flusher.is_alive()
-    assert time.monotonic() - started < JOIN_S
     assert isinstance(flusher.error, SinkError)
     assert str(flusher.error) == "in-memory sink closed with 2 events unacknowledged"
 
@@ -221,9 +217,8 @@ def test_flush_after_close_fails_fast_only_when_events_are_unacknowledged() -> N
     _, sequence = sink.take(2, timeout=0)
     sink.acknowledge(1)
     sink.close()
-    started = time.monotonic()
+    # Waiting out the 60 s would end with "still unacknowledged after 60s", not this error.
     with pytest.raises(SinkError, match="closed with 1 events unacknowledged"):
         sink.flush(60)
-    assert time.monotonic() - started < JOIN_S
     sink.acknowledge(sequence)
     sink.flush(60)  # everything acknowledged: nothing to report
