@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
 
@@ -369,7 +369,7 @@ def decode_event(topic: str, key: bytes | None, value: bytes | None) -> DecodedE
     return DecodedEvent(
         topic=topic,
         key=key_payload,
-        op=op,
+        op=cast(Op, op),
         before=before,
         after=after,
         source=source,
