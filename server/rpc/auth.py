@@ -171,7 +171,8 @@ _KINDS = (
 )
 
 
-def _rebuild(handler: Any, wrap: Callable[[Any], Any]) -> Any:
+def rebuild_handler(handler: Any, wrap: Callable[[Any], Any]) -> Any:
+    """The same method handler with its behavior replaced by ``wrap(behavior)``."""
     for kind, factory in _KINDS:
         behavior = getattr(handler, kind)
         if behavior is not None:
@@ -187,7 +188,7 @@ def _denying(handler: Any, code: grpc.StatusCode, message: str) -> Any:
     async def deny(_request: Any, context: Any) -> None:
         await context.abort(code, message)
 
-    return _rebuild(handler, lambda _behavior: deny)
+    return rebuild_handler(handler, lambda _behavior: deny)
 
 
 def _as_caller(handler: Any, principal: Principal) -> Any:
@@ -211,7 +212,7 @@ def _as_caller(handler: Any, principal: Principal) -> Any:
             return call
         raise TypeError(f"{behavior!r}: the gRPC server runs async handlers only")
 
-    return _rebuild(handler, wrap)
+    return rebuild_handler(handler, wrap)
 
 
 __all__ = [
@@ -222,4 +223,5 @@ __all__ = [
     "Principal",
     "bearer_token",
     "current_principal",
+    "rebuild_handler",
 ]

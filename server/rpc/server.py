@@ -20,10 +20,12 @@ from grpc_reflection.v1alpha import reflection
 
 from unified_profile.v1 import profile_service_pb2_grpc
 
+from .. import metrics
 from ..config import ServiceConfig
 from ..feed.change_feed import ChangeFeed
 from ..store.profile_store import ProfileStore
 from .auth import SERVICE, Authenticator, BearerAuthInterceptor
+from .call_metrics import CallMetricsInterceptor
 from .change_convert import subscribe_response
 from .service import ChangeSubscriptions, ProfileService
 from .settings import GrpcConfig, TlsConfig
@@ -95,7 +97,7 @@ async def start_server(
         ("grpc.so_reuseport", 1 if config.reuse_port else 0),
     ]
     server = aio.server(
-        interceptors=[BearerAuthInterceptor(Authenticator(config.tokens))],
+        interceptors=[CallMetricsInterceptor(), BearerAuthInterceptor(Authenticator(config.tokens))],
         options=options,
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
@@ -161,6 +163,7 @@ async def serve(
     if subscriptions is None:
         feed = ChangeFeed(store, config.store.dsn, subscribe_response)
         await feed.start()
+        metrics.SUBSCRIBERS.set_function(lambda: feed.stats().subscriptions if feed else 0)
         subscriptions = ProfileSubscriptions(feed, store)
     running = await start_server(config.grpc, build_service(config, store, subscriptions))
     # What starting allocated (modules, protobuf descriptors, config, the store's engine) lives

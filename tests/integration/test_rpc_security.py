@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
 
 from unified_profile.server.rpc.service import ProfileService
 from unified_profile.server.store import migrate
@@ -110,6 +111,29 @@ def test_calls_without_a_valid_token_or_scope_are_refused_and_tokens_never_logge
     assert "rpc.unauthenticated" in output or "rpc.permission_denied" in output
     for secret in (READER, ADMIN, STEWARD, SUBSCRIBER, wrong):
         assert secret not in output
+
+
+def test_refused_and_failed_calls_are_counted_by_status_code(store, start):
+    def count(method: str, code: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "up_rpc_seconds_count", {"method": method, "code": code}
+        )
+        return value or 0.0
+
+    [(anne, _, _)] = apply(store, crm(1, 10, email="anne@example.com"))
+    server = start()
+    before = {
+        code: count("GetProfile", code) for code in ("OK", "UNAUTHENTICATED", "NOT_FOUND")
+    }
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = stub_for(channel)
+        stub.GetProfile(pb.GetProfileRequest(profile_id=anne), metadata=bearer(READER))
+        rpc_error(lambda: stub.GetProfile(pb.GetProfileRequest(profile_id=anne)))
+        rpc_error(lambda: stub.GetProfile(
+            pb.GetProfileRequest(profile_id="p_" + "0" * 24), metadata=bearer(READER)))
+    assert count("GetProfile", "OK") == before["OK"] + 1
+    assert count("GetProfile", "UNAUTHENTICATED") == before["UNAUTHENTICATED"] + 1
+    assert count("GetProfile", "NOT_FOUND") == before["NOT_FOUND"] + 1
 
 
 def test_health_and_reflection_answer_without_a_token(start):

@@ -139,6 +139,9 @@ def test_run_captures_applies_serves_and_stops_cleanly(new_database, unique_name
         assert ("up_slot_lag_bytes", (("source", "crm"),)) in scraped
         assert scraped[("up_apply_batch_seconds_count", ())] >= 1
         assert not any(name == "up_dead_letters_total" for name, _ in scraped)
+        lookups = ("up_rpc_seconds_count", (("code", "OK"), ("method", "LookupProfile")))
+        assert scraped[lookups] >= 2
+        assert scraped[("up_subscribers", ())] == 0
 
         # A second run on the same store is refused, and the first one keeps going.
         second = _start(config, {**env})
