@@ -50,6 +50,17 @@ CREATE TABLE crm.consents (
     updated_at         timestamptz NOT NULL DEFAULT now()
 );
 
+-- Service desk: one row per case, updated as it moves along.
+CREATE TABLE crm.service_cases (
+    case_id       bigint PRIMARY KEY,
+    customer_id   bigint NOT NULL REFERENCES crm.customers (id),
+    category      text NOT NULL,                 -- 'complaint', 'question', 'return'
+    subject       text NOT NULL,
+    status        text NOT NULL DEFAULT 'open',  -- 'open', 'resolved'
+    opened_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+
 -- ---------------------------------------------------------------------------------------------
 -- Loyalty platform
 -- ---------------------------------------------------------------------------------------------
@@ -91,8 +102,21 @@ CREATE TABLE loyalty.points_ledger (
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- Rewards members spent points on (the ledger holds the matching negative entry).
+CREATE TABLE loyalty.redemptions (
+    redemption_id bigint PRIMARY KEY,
+    member_id     text NOT NULL REFERENCES loyalty.members (member_id),
+    reward_code   text NOT NULL,
+    reward_name   text NOT NULL,
+    points        integer NOT NULL,
+    status        text NOT NULL DEFAULT 'fulfilled',
+    redeemed_at   timestamptz NOT NULL DEFAULT now()
+);
+
 ALTER TABLE crm.customers REPLICA IDENTITY FULL;
 ALTER TABLE crm.contact_details REPLICA IDENTITY FULL;
 ALTER TABLE crm.consents REPLICA IDENTITY FULL;
+ALTER TABLE crm.service_cases REPLICA IDENTITY FULL;
 ALTER TABLE loyalty.members REPLICA IDENTITY FULL;
 ALTER TABLE loyalty.points_ledger REPLICA IDENTITY FULL;
+ALTER TABLE loyalty.redemptions REPLICA IDENTITY FULL;

@@ -9,6 +9,9 @@
 --   Noor Khan     CRM 7's email is the placeholder 'n/a' (blocked); phone only
 --   Ola Nowak     member LM-000103 only, no CRM record
 --   Ben Closed    member LM-000105, closed account
+--
+-- The generated demo population (unified_profile.server.demo.people) adds thousands more, with
+-- ids from 1001 up.
 
 -- ---------------------------------------------------------------------------------------------
 -- CRM
@@ -48,6 +51,9 @@ VALUES
     (2, false, NULL,                     false, NULL,                     '2024-06-11 08:30:00+00'),
     (3, true,  '2022-09-14 12:00:00+00', true,  '2022-09-14 12:00:00+00', '2022-09-14 12:00:00+00');
 
+INSERT INTO crm.service_cases (case_id, customer_id, category, subject, status, opened_at, updated_at) VALUES
+    (1, 2, 'complaint', 'Late delivery', 'resolved', '2024-11-01 10:00:00+00', '2024-11-02 14:00:00+00');
+
 -- ---------------------------------------------------------------------------------------------
 -- Loyalty platform
 -- ---------------------------------------------------------------------------------------------
@@ -84,3 +90,6 @@ INSERT INTO loyalty.points_ledger (entry_id, member_id, points, reason, created_
     (3, 'LM-000103', 210, 'purchase', '2024-12-24 10:05:00+00'),
     (4, 'LM-000104', 150, 'purchase', '2025-01-09 17:45:00+00'),
     (5, 'LM-000102', 120, 'welcome bonus', '2024-10-30 09:00:00+00');
+
+INSERT INTO loyalty.redemptions (redemption_id, member_id, reward_code, reward_name, points, status, redeemed_at) VALUES
+    (1, 'LM-000101', 'COFFEE30', 'Free coffee for a month', 1000, 'fulfilled', '2025-01-18 18:02:11+00');

@@ -731,8 +731,10 @@ def example_env(monkeypatch: pytest.MonkeyPatch) -> None:
                 ("crm", "crm.customers"),
                 ("crm", "crm.contact_details"),
                 ("crm", "crm.consents"),
+                ("crm", "crm.service_cases"),
                 ("loyalty", "loyalty.members"),
                 ("loyalty", "loyalty.points_ledger"),
+                ("loyalty", "loyalty.redemptions"),
             },
         ),
         (
