@@ -6,9 +6,11 @@ STAMP := $(VENV)/.installed
 # npm writes this file on every install: newer than package-lock.json means the deps are current.
 NODE_DEPS := clients/node/node_modules/.package-lock.json
 
-.PHONY: protos check-protos help venv node-deps test test-unit test-integration lint typecheck check bench bench-quick clean
+.PHONY: protos check-protos help venv node-deps demo test test-unit test-integration lint typecheck check bench bench-quick clean
 
 help:
+	@echo "make demo       create .venv, run everything on this machine with simulated customers and a live view"
+	@echo "                (DEMO_ARGS=\"--rate 50 --people 5000\"; Ctrl-C stops it all)"
 	@echo "make test       create .venv, install, run the whole suite (real PostgreSQL + Kafka-protocol broker)"
 	@echo "make check      proto drift + ruff + mypy (strict) + the whole suite, exactly what CI runs"
 	@echo "make node-deps  install the Node.js client's dependencies (npm ci; make test does it)"
@@ -30,6 +32,11 @@ $(NODE_DEPS): clients/node/package.json clients/node/package-lock.json
 	@touch $(NODE_DEPS)
 
 node-deps: $(NODE_DEPS)
+
+# PostgreSQL, a Tansu broker, `unified-profile run`, a traffic simulator and a live view, under .demo/.
+DEMO_ARGS ?=
+demo: $(STAMP)
+	$(PY) -m unified_profile.server.demo $(DEMO_ARGS)
 
 test: $(STAMP) $(NODE_DEPS)
 	$(PY) -m pytest -q
