@@ -417,6 +417,40 @@ def _unwrap(document: Any) -> tuple[Any, dict[str, Any] | None]:
     return document, None
 
 
+def encode_decoded(event: DecodedEvent) -> tuple[bytes | None, bytes | None]:
+    """Record bytes that :func:`decode_event` reads back as ``event``.
+
+    For keeping an in-memory event (embedded transport) as a dead letter that can be replayed:
+    the value carries the row schema when the event had one, so typed values decode the same.
+    """
+    key = None if event.key is None else _dumps_any(event.key)
+    if event.op is None:
+        return key, None
+    payload = {
+        "before": event.before,
+        "after": event.after,
+        "source": event.source,
+        "op": event.op,
+        "ts_ms": event.ts_ms,
+    }
+    if event.row_schema is None:
+        return key, _dumps_any(payload)
+    row = {"type": "struct", "fields": list(event.row_schema.values()), "optional": True}
+    schema = {
+        "type": "struct",
+        "fields": [{**row, "field": "before"}, {**row, "field": "after"}],
+        "optional": False,
+    }
+    return key, _dumps_any({"schema": schema, "payload": payload})
+
+
+def _dumps_any(data: object) -> bytes:
+    try:
+        return orjson.dumps(data)
+    except TypeError:  # integers beyond 64 bits, which JSON allows and orjson refuses
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def _row_schema(envelope_schema: dict[str, Any] | None) -> dict[str, dict[str, Any]] | None:
     if not envelope_schema:
         return None

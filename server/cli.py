@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import signal
 import sys
@@ -86,6 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--repair", action="store_true", help="re-sync what drifted through the apply path"
     )
     reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
+    dead = commands.add_parser("dead-letters", help="list or replay events that could not be applied")
+    dead_commands = dead.add_subparsers(dest="dead_command", required=True)
+    listing = dead_commands.add_parser("list", help="the oldest first (payloads are not shown)")
+    listing.add_argument("--config", required=True, help="the TOML configuration file")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    listing.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    replaying = dead_commands.add_parser(
+        "replay", help="apply them again with the current mapping; removed once applied"
+    )
+    replaying.add_argument("--config", required=True, help="the TOML configuration file")
+    which = replaying.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", type=int, action="append", dest="ids", help="a dead letter's id")
+    which.add_argument("--all", action="store_true", help="every dead letter")
+    replaying.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -108,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_all(args)
         if args.command == "reconcile":
             return _run_reconcile(args)
+        if args.command == "dead-letters":
+            return _run_dead_letters(args)
     except StoreNotMigrated as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_PREFLIGHT
@@ -252,6 +269,43 @@ def _run_reconcile(args: argparse.Namespace) -> int:
         store.close()
     print(json.dumps(document, indent=2) if args.json else "\n".join(text))
     return EXIT_DRIFT if report.drifted else EXIT_OK
+
+
+def _run_dead_letters(args: argparse.Namespace) -> int:
+    from .ingest import dead_letters
+    from .ingest.service import build_pipeline
+
+    config = load_service_config(args.config)
+    store = open_store(config)
+    try:
+        if args.dead_command == "list":
+            letters = dead_letters.list_dead_letters(store, args.limit)
+            if args.json:
+                for letter in letters:
+                    print(json.dumps(dataclasses.asdict(letter)))
+            else:
+                for letter in letters:
+                    print(
+                        f"{letter.id}\t{letter.recorded_at}\t{letter.stream}@{letter.position}"
+                        f"\t{letter.reason}"
+                    )
+                print(f"{len(letters)} dead letter(s)")
+            return EXIT_OK
+        report = dead_letters.replay(
+            store, build_pipeline(config, store, "replay"), None if args.all else args.ids
+        )
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report)))
+    else:
+        print(
+            f"replayed {len(report.applied)}, still failing {len(report.failed)},"
+            f" profile changes {report.profile_changes}"
+        )
+        for letter_id, reason in sorted(report.failed.items()):
+            print(f"  {letter_id}: {reason}")
+    return EXIT_FAILED if report.failed else EXIT_OK
 
 
 def _with_listen(config: ServiceConfig, listen: str | None) -> ServiceConfig:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from unified_profile.cdc.envelope import DecodedEvent, decode_event
+from unified_profile.cdc.envelope import DecodedEvent, decode_event, encode_decoded
 from unified_profile.cdc.errors import EnvelopeError
 
 from .. import metrics
@@ -27,6 +27,14 @@ from ..store.profile_store import ChangeRow, ProfileStore, StoreBatch, StoreErro
 from .applier import IncomingRecord, ProfileApplier
 
 log = structlog.get_logger(__name__)
+
+
+class EventRejected(Exception):
+    """An event that cannot become a record image: it is kept as a dead letter with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class MappingFailed(Exception):
@@ -116,18 +124,9 @@ class IngestPipeline:
         for event in events:
             positions[event.stream] = max(positions.get(event.stream, -1), event.position)
             try:
-                decoded = event.decoded or decode_event(event.topic, event.key, event.value)
-                record = self._mapper.map_event(decoded)
-                cause = _cause(decoded, event)
-                if isinstance(record, SourceRecord):
-                    _check_storable(record)
-            except (EnvelopeError, MappingFailed) as exc:
-                self._dead_letter(dead, event, str(exc))
-                continue
-            except Exception as exc:
-                # A shape the decoder let through (a text LSN, an object where a number belongs):
-                # still this event's problem only, so it is kept with the reason, not raised.
-                self._dead_letter(dead, event, f"malformed event: {type(exc).__name__}: {exc}")
+                record, cause = self.map_event(event)
+            except EventRejected as exc:
+                self._dead_letter(dead, event, exc.reason)
                 continue
             applied[(str(cause["source"]), str(cause["table"]))] += 1
             if isinstance(record, TableTruncated):
@@ -143,20 +142,48 @@ class IngestPipeline:
             with attempt, self._store.batch() as batch:
                 changes = self._applier.apply(batch, _expand(batch, truncates) + incoming)
                 for event, reason in dead:
+                    key, value = _record_bytes(event)
                     batch.add_dead_letter(
-                        self.consumer,
-                        event.stream,
-                        event.position,
-                        event.topic,
-                        event.key,
-                        event.value,
-                        reason,
+                        self.consumer, event.stream, event.position, event.topic, key, value, reason
                     )
                 batch.save_positions(self.consumer, positions)
                 head = batch.head
         _record_metrics(applied, dead, changes, head, len(events), time.perf_counter() - started)
         _log_changes(changes, head)
         return BatchResult(len(events), len(incoming), len(dead), changes, head)
+
+    def map_event(
+        self, event: StreamEvent
+    ) -> tuple[SourceRecord | TableTruncated | None, dict[str, object]]:
+        """Decode and map one event: its record image (or truncate) and its cause.
+
+        Raises:
+            EventRejected: It cannot be decoded or mapped (the reason says why).
+        """
+        try:
+            decoded = event.decoded or decode_event(event.topic, event.key, event.value)
+            record = self._mapper.map_event(decoded)
+            if isinstance(record, SourceRecord):
+                _check_storable(record)
+            return record, _cause(decoded, event)
+        except (EnvelopeError, MappingFailed) as exc:
+            raise EventRejected(str(exc)) from exc
+        except Exception as exc:
+            # A shape the decoder let through (a text LSN, an object where a number belongs):
+            # still this event's problem only, so it is kept with the reason, not raised.
+            raise EventRejected(f"malformed event: {type(exc).__name__}: {exc}") from exc
+
+    def apply_records(
+        self,
+        incoming: list[IncomingRecord],
+        truncates: list[tuple[TableTruncated, dict[str, object]]],
+        also: Callable[[StoreBatch], None],
+    ) -> list[ChangeRow]:
+        """Apply mapped records in one transaction with ``also`` (dead-letter replay)."""
+        with self._store.batch() as batch:
+            changes = self._applier.apply(batch, _expand(batch, truncates) + incoming)
+            also(batch)
+        return changes
 
     @staticmethod
     def _dead_letter(dead: list[tuple[StreamEvent, str]], event: StreamEvent, reason: str) -> None:
@@ -172,6 +199,13 @@ class IngestPipeline:
     def positions(self) -> dict[str, int]:
         """The last applied position of each stream, as committed in the store."""
         return self._store.load_positions(self.consumer)
+
+
+def _record_bytes(event: StreamEvent) -> tuple[bytes | None, bytes | None]:
+    """What a dead letter keeps: the record as consumed, or an in-memory event as JSON."""
+    if event.value is None and event.decoded is not None:
+        return encode_decoded(event.decoded)
+    return event.key, event.value
 
 
 def _record_metrics(

@@ -205,10 +205,15 @@ class ProfileStore:
                 members[str(found.profile_id)].append(found)
         return [(profiles[pid], members[pid]) for pid in ids if pid in profiles]
 
-    def dead_letters(self) -> list[dict[str, Any]]:
-        """Every dead letter, oldest first."""
+    def dead_letters(
+        self, ids: Collection[int] | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Dead letters, oldest first: all of them, or those with these ids."""
+        query = select(t.dead_letters).order_by(t.dead_letters.c.id).limit(limit)
+        if ids is not None:
+            query = query.where(t.dead_letters.c.id.in_(list(ids)))
         with self.engine.connect() as connection:
-            rows = connection.execute(select(t.dead_letters).order_by(t.dead_letters.c.id)).all()
+            rows = connection.execute(query).all()
         return [dict(r._mapping) for r in rows]
 
 

@@ -245,6 +245,11 @@ class StoreBatch:
             )
         )
 
+    def delete_dead_letters(self, ids: Collection[int]) -> None:
+        """Remove dead letters (replayed successfully)."""
+        if ids:
+            self._c.execute(delete(t.dead_letters).where(t.dead_letters.c.id.in_(list(ids))))
+
     def save_override(self, kind: str, a: RecordKey, b: RecordKey, actor: str, reason: str) -> None:
         """Store a steward's force-link or never-link (replacing any earlier one for the pair)."""
         first, second = sorted((a, b))

@@ -18,6 +18,7 @@ from unified_profile.cdc.envelope import (
     SourceInfo,
     TableEventBuilder,
     decode_event,
+    encode_decoded,
     serialize,
 )
 from unified_profile.cdc.errors import EnvelopeError
@@ -346,6 +347,24 @@ def test_non_ascii_is_written_as_utf8(builder: TableEventBuilder) -> None:
 
 
 # --- decoding our own events ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("schemas_enable", [False, True])
+def test_a_decoded_event_encodes_back_to_bytes_that_decode_the_same(
+    builder: TableEventBuilder, schemas_enable: bool
+) -> None:
+    old = builder.row(("1", "Anne", "10.00", None, None))
+    new = builder.row(ROW_TEXT)
+    events = [
+        builder.event("c", None, old, SOURCE, NOW_US),
+        builder.event("u", old, new, SOURCE, NOW_US),
+        builder.event("d", new, None, SOURCE, NOW_US),
+    ]
+    events.append(builder.tombstone(events[-1]))
+    events.append(builder.truncate(SOURCE, NOW_US))
+    for event in events:
+        decoded = decode_event(event.topic, *serialize(event, schemas_enable))
+        assert decode_event(event.topic, *encode_decoded(decoded)) == decoded
 
 
 @pytest.mark.parametrize("schemas_enable", [False, True])
