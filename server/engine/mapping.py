@@ -86,7 +86,9 @@ class MappingError(Exception):
         if transform is not None:
             parts.append(f"transform {transform}")
         detail = f" (value {shown_value(value)})" if column is not None else ""
-        super().__init__(f"{', '.join(parts)}: {reason}{detail}")
+        self.without_value = f"{', '.join(parts)}: {reason}"
+        """The message without the rejected value (which may be personal data), for logs."""
+        super().__init__(f"{self.without_value}{detail}")
 
 
 # --- compiled pieces (built by mapping_config) ------------------------------------------------

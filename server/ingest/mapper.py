@@ -36,4 +36,4 @@ class ConfiguredMapper:
         try:
             return table.map_event(source, event)
         except MappingError as exc:
-            raise MappingFailed(str(exc)) from exc
+            raise MappingFailed(str(exc), loggable=exc.without_value) from exc

@@ -30,15 +30,29 @@ log = structlog.get_logger(__name__)
 
 
 class EventRejected(Exception):
-    """An event that cannot become a record image: it is kept as a dead letter with ``reason``."""
+    """An event that cannot become a record image: it is kept as a dead letter with ``reason``.
 
-    def __init__(self, reason: str) -> None:
+    Attributes:
+        reason: Why, with the rejected value: stored with the dead letter, for whoever fixes it.
+        loggable: Why, without values that may be personal data: what the log says.
+    """
+
+    def __init__(self, reason: str, loggable: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.loggable = reason if loggable is None else loggable
 
 
 class MappingFailed(Exception):
-    """An event that decoded but cannot become a source record (the message says why)."""
+    """An event that decoded but cannot become a source record (the message says why).
+
+    Attributes:
+        loggable: The message without the rejected value (for logs).
+    """
+
+    def __init__(self, message: str, loggable: str | None = None) -> None:
+        super().__init__(message)
+        self.loggable = message if loggable is None else loggable
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +140,7 @@ class IngestPipeline:
             try:
                 record, cause = self.map_event(event)
             except EventRejected as exc:
-                self._dead_letter(dead, event, exc.reason)
+                self._dead_letter(dead, event, exc)
                 continue
             applied[(str(cause["source"]), str(cause["table"]))] += 1
             if isinstance(record, TableTruncated):
@@ -166,12 +180,17 @@ class IngestPipeline:
             if isinstance(record, SourceRecord):
                 _check_storable(record)
             return record, _cause(decoded, event)
-        except (EnvelopeError, MappingFailed) as exc:
+        except MappingFailed as exc:
+            raise EventRejected(str(exc), exc.loggable) from exc
+        except EnvelopeError as exc:
             raise EventRejected(str(exc)) from exc
         except Exception as exc:
             # A shape the decoder let through (a text LSN, an object where a number belongs):
             # still this event's problem only, so it is kept with the reason, not raised.
-            raise EventRejected(f"malformed event: {type(exc).__name__}: {exc}") from exc
+            raise EventRejected(
+                f"malformed event: {type(exc).__name__}: {exc}",
+                f"malformed event: {type(exc).__name__}",
+            ) from exc
 
     def apply_records(
         self,
@@ -186,14 +205,17 @@ class IngestPipeline:
         return changes
 
     @staticmethod
-    def _dead_letter(dead: list[tuple[StreamEvent, str]], event: StreamEvent, reason: str) -> None:
-        dead.append((event, reason))
+    def _dead_letter(
+        dead: list[tuple[StreamEvent, str]], event: StreamEvent, rejected: EventRejected
+    ) -> None:
+        dead.append((event, rejected.reason))
+        # The stored reason names the rejected value; the log line does not (personal data).
         log.warning(
             "ingest.dead_letter",
             topic=event.topic,
             stream=event.stream,
             position=event.position,
-            reason=reason,
+            reason=rejected.loggable,
         )
 
     def positions(self) -> dict[str, int]:

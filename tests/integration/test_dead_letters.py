@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,7 @@ from unified_profile.cdc.envelope import DecodedEvent
 from unified_profile.server.cli import main
 from unified_profile.server.config import load_service_config
 from unified_profile.server.engine.records import Identifier
+from unified_profile.server.ingest import pipeline as pipeline_module
 from unified_profile.server.ingest.pipeline import StreamEvent
 from unified_profile.server.ingest.service import build_pipeline, open_store
 from unified_profile.server.store import migrate
@@ -65,9 +67,24 @@ def _cli(capsys, *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
+class _Recorder:
+    """Stands in for the pipeline's logger (whose level the process configured once)."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.lines.append({"event": event, **fields})
+
+    def debug(self, event: str, **fields: Any) -> None:
+        pass
+
+
 def test_poison_events_are_listed_and_replayed_after_the_mapping_is_fixed(
-    new_database, tmp_path, capsys
+    new_database, tmp_path, capsys, monkeypatch
 ):
+    recorder = _Recorder()
+    monkeypatch.setattr(pipeline_module, "log", recorder)
     dsn = new_database("dead_letters")
     migrate.upgrade(dsn)
     strict = _config(tmp_path, dsn, lenient=False)
@@ -80,7 +97,7 @@ def test_poison_events_are_listed_and_replayed_after_the_mapping_is_fixed(
                         _event(1, "+44 7700 900123", 100)),
             # A phone the strict e164 transform rejects: dead-lettered, the batch goes on.
             StreamEvent("kafka:crm.public.customers:0", 1, TOPIC, b'{"id":2}',
-                        _event(2, "not a phone", 101)),
+                        _event(2, "ring zz-7 please", 101)),
             StreamEvent("kafka:crm.public.customers:0", 2, TOPIC, b'{"id":3}', b"\x00garbage"),
             # An in-memory (embedded) event keeps a replayable copy of itself too.
             StreamEvent("source:crm", 102, TOPIC, decoded=DecodedEvent(
@@ -90,6 +107,12 @@ def test_poison_events_are_listed_and_replayed_after_the_mapping_is_fixed(
                  "ts_us": 102}, None)),
         ])
         assert result.dead_letters == 3
+        # The log says which column and transform refused what; the rejected values (which may
+        # be personal data) stay in the store, for whoever fixes the mapping.
+        logged = [line["reason"] for line in recorder.lines if line["event"] == "ingest.dead_letter"]
+        assert len(logged) == 3
+        assert "column 'phone'" in logged[0] and "e164" in logged[0]
+        assert "ring zz-7" not in repr(logged) and "call me" not in repr(logged)
     finally:
         store.close()
 
@@ -101,7 +124,7 @@ def test_poison_events_are_listed_and_replayed_after_the_mapping_is_fixed(
         ("kafka:crm.public.customers:0", 2),
         ("source:crm", 102),
     ]
-    assert "not a phone" in letters[0]["reason"] and "e164" in letters[0]["reason"]
+    assert "ring zz-7 please" in letters[0]["reason"] and "e164" in letters[0]["reason"]
     assert "not JSON" in letters[1]["reason"]
     assert all(d["replayable"] for d in letters)
     # The payload (the record as consumed) is not listed.
