@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -63,7 +66,7 @@ class PgServer:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+def pg_server() -> Iterator[PgServer]:
     external = os.environ.get("UP_TEST_PG_DSN")
     if external:
         admin_dsn = make_conninfo(external, dbname="postgres")
@@ -83,13 +86,16 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
         yield PgServer(admin_dsn=admin_dsn)
         return
 
-    data_dir = tmp_path_factory.mktemp("postgres") / "data"
-    server = EmbeddedPostgres(data_dir, settings={"fsync": "off"})
+    # Not under pytest's base temp: a pytest session started meanwhile (a second suite on the
+    # same machine) prunes older sessions' base temps, and would delete the running cluster.
+    root = Path(tempfile.mkdtemp(prefix="up-test-postgres-"))
+    server = EmbeddedPostgres(root / "data", settings={"fsync": "off"})
     server.start()
     try:
         yield PgServer(admin_dsn=server.dsn(), embedded=server)
     finally:
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class DatabaseFactory:
