@@ -65,8 +65,8 @@ class ApplySizes:
     def for_mode(cls, quick: bool) -> ApplySizes:
         """The full or the quick sizes."""
         if quick:
-            return cls(profiles=20_000, small_profiles=2_000, changes=10_000, cap_s=15.0)
-        return cls(profiles=1_000_000, small_profiles=10_000, changes=100_000, cap_s=100.0)
+            return cls(profiles=10_000, small_profiles=2_000, changes=5_000, cap_s=6.0)
+        return cls(profiles=1_000_000, small_profiles=10_000, changes=100_000, cap_s=60.0)
 
 
 def run(ctx: Context, sizes: ApplySizes | None = None) -> ScenarioResult:

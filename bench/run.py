@@ -20,7 +20,7 @@ from pathlib import Path
 
 import structlog
 
-from . import apply, capture, serving
+from . import apply, capture, end_to_end, growth, serving
 from .report import Figure, Report
 from .scenario import Context, Scenario
 from .services import bench_services
@@ -28,7 +28,11 @@ from .timing import peak_rss_mib
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SCENARIOS: dict[str, Scenario] = {
-    "capture": capture.run, "apply": apply.run, "serving": serving.run
+    "capture": capture.run,
+    "apply": apply.run,
+    "serving": serving.run,
+    "end_to_end": end_to_end.run,
+    "growth": growth.run,
 }
 DEFAULT_SEED = 20_240_601
 
@@ -42,11 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     commit, dirty = _git_commit()
     today = dt.date.today().isoformat()
     report = Report(run={})
+    scenario_seconds: dict[str, float] = {}
     with bench_services(run_id) as services:
         ctx = Context(services=services, run_id=run_id, seed=args.seed, quick=args.quick)
         for name in args.only or list(SCENARIOS):
             print(f"running {name} ({'quick' if args.quick else 'full'}) …", flush=True)
+            scenario_started = time.monotonic()
             result = SCENARIOS[name](ctx)
+            scenario_seconds[name] = round(time.monotonic() - scenario_started, 1)
+            print(f"  {name}: {scenario_seconds[name]:.0f} s", flush=True)
             report.figures += result.figures
             report.details[name] = result.details
             report.notes += result.notes
@@ -68,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     report.figures.append(Figure("peak RSS, bench process", peak_rss_mib(), "MiB"))
     report.run["duration_s"] = round(time.monotonic() - started, 1)
+    report.run["scenario_seconds"] = scenario_seconds
     stem = f"{today}-{commit}" + ("-quick" if args.quick else "")
     json_path, md_path = report.write(args.output, stem)
     print()

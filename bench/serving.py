@@ -26,7 +26,6 @@ from unified_profile.server.store import migrate
 from . import apply, apply_data
 from .report import Figure
 from .scenario import Context, ScenarioResult
-from .serving_e2e import EndToEndJob, measure_end_to_end
 from .serving_load import LoadJob, LoadResult, Method, run_load
 from .serving_proc import ServerGroup, postgres_cpu_s
 from .serving_subs import (
@@ -36,7 +35,7 @@ from .serving_subs import (
     stream_errors,
     write_changes,
 )
-from .timing import host_cpu_shares, host_cpu_times, summarize_seconds
+from .timing import host_cpu_shares, host_cpu_times, process_memory_mib, summarize_seconds
 
 READ_TARGET_QPS = 4_000
 READ_TARGET_RATIO = 0.8
@@ -62,9 +61,9 @@ class ServingSizes:
         subscribers: Subscriber counts of the fan-out measurement.
         fanout_rate: Store commits (one change each) per second during fan-out.
         fanout_seconds: How long the writer writes (the first ``warmup_s`` not counted).
-        e2e_rate: Source commits (new customers) per second, end to end.
-        e2e_seconds: How long the source writer writes (the first ``warmup_s`` not counted).
-        e2e_subscribers: Subscriber counts end to end (the first is the target's).
+        methods: The unary methods measured (``echo`` is the baseline of the others).
+        start_delay_s: Load generators are given this long to start before calling.
+        settle_s: After the fan-out writer's last commit, how long deliveries may take.
     """
 
     profiles: int
@@ -76,25 +75,23 @@ class ServingSizes:
     subscribers: tuple[int, ...]
     fanout_rate: float
     fanout_seconds: float
-    e2e_rate: float
-    e2e_seconds: float
-    e2e_subscribers: tuple[int, ...]
+    methods: tuple[Method, ...] = ("echo", "get", "lookup")
+    start_delay_s: float = 2.0
+    settle_s: float = 2.0
 
     @classmethod
     def for_mode(cls, quick: bool) -> ServingSizes:
         """The full or the quick sizes."""
         if quick:
             return cls(
-                profiles=10_000, server_processes=(1, 2), concurrency=(1, 16, 64),
-                read_seconds=2.0, warmup_s=0.5, repeats=1, subscribers=(100, 1_000),
-                fanout_rate=10.0, fanout_seconds=6.0,
-                e2e_rate=1_000.0, e2e_seconds=6.0, e2e_subscribers=(100, 10),
+                profiles=10_000, server_processes=(1,), concurrency=(1, 16, 64),
+                read_seconds=1.5, warmup_s=0.5, repeats=1, subscribers=(10, 100, 1_000),
+                fanout_rate=10.0, fanout_seconds=4.0, start_delay_s=1.2, settle_s=1.0,
             )
         return cls(
             profiles=100_000, server_processes=(1, 2), concurrency=(1, 16, 64),
-            read_seconds=6.0, warmup_s=1.0, repeats=2, subscribers=(100, 1_000),
+            read_seconds=6.0, warmup_s=1.0, repeats=2, subscribers=(10, 100, 1_000),
             fanout_rate=10.0, fanout_seconds=20.0,
-            e2e_rate=1_000.0, e2e_seconds=20.0, e2e_subscribers=(100, 10),
         )
 
 
@@ -110,43 +107,33 @@ class Store:
 
 
 def run(ctx: Context, sizes: ServingSizes | None = None) -> ScenarioResult:
-    """Preload, then measure reads, fan-out and (embedded) commit → subscriber."""
+    """Preload, then measure reads and fan-out."""
     sizes = sizes or ServingSizes.for_mode(ctx.quick)
     admin = make_conninfo(ctx.services.dsn, dbname="postgres")
     database = f"up_bench_{ctx.run_id}_serving"
-    _create_database(admin, database)
+    create_database(admin, database)
     try:
-        store, preload = _prepare(ctx, make_conninfo(ctx.services.dsn, dbname=database), sizes)
+        store, preload = prepare_store(
+            ctx, make_conninfo(ctx.services.dsn, dbname=database), sizes.profiles, "serving"
+        )
         reads = measure_reads(store, sizes)
         fanout = measure_fanout(store, sizes, ctx.seed)
-        embedded: dict[str, Any] = {}
-        first_id = sizes.profiles + 1
-        for round_, subscribers in enumerate(sizes.e2e_subscribers):
-            embedded[str(subscribers)] = measure_end_to_end(EndToEndJob(
-                dsn=store.dsn, config=store.config, token=TOKEN, names=store.names,
-                seed=ctx.seed, first_id=first_id, rate=sizes.e2e_rate,
-                seconds=sizes.e2e_seconds, warmup_s=sizes.warmup_s + 1.0,
-                subscribers=subscribers, slot=f"bench_{ctx.run_id}_e2e{round_}",
-            ))
-            first_id += round(sizes.e2e_rate * sizes.e2e_seconds)
     finally:
-        _drop_database(admin, database)
+        drop_database(admin, database)
     result = ScenarioResult(details={
         "sizes": asdict(sizes), "preload": preload, "reads": reads, "fanout": fanout,
-        "end_to_end_embedded": embedded,
     })
-    result.figures = (
-        _read_figures(reads) + _fanout_figures(fanout) + _end_to_end_figures(embedded, sizes)
-    )
-    result.notes = _notes(sizes, reads, fanout, embedded)
+    result.figures = _read_figures(reads) + _fanout_figures(fanout) + _rss_figures(reads, fanout)
+    result.notes = _notes(sizes, reads, fanout)
     return result
 
 
-def _prepare(ctx: Context, dsn: str, sizes: ServingSizes) -> tuple[Store, dict[str, Any]]:
+def prepare_store(ctx: Context, dsn: str, profiles: int, tag: str) -> tuple[Store, dict[str, Any]]:
+    """Migrate ``dsn``, preload ``profiles`` profiles; the store and the serving config."""
     names = apply_data.SourceNames.for_run(ctx.run_id)
     config = apply_data.engine_config(
         dsn, ctx.services.bootstrap_servers, names,
-        group_id=f"bench_{ctx.run_id}_serving", offsets_topic=f"bench_{ctx.run_id}_serving.offsets",
+        group_id=f"bench_{ctx.run_id}_{tag}", offsets_topic=f"bench_{ctx.run_id}_{tag}.offsets",
     )
     config["grpc"] = {
         "tokens": [
@@ -156,8 +143,8 @@ def _prepare(ctx: Context, dsn: str, sizes: ServingSizes) -> tuple[Store, dict[s
     parsed = parse_service_config(config, "bench")
     migrate.upgrade(dsn)
     preloader = apply_data.Preloader(ctx.seed, names.crm, parsed.rules)
-    preload = apply.preload(dsn, preloader, 1, sizes.profiles)
-    ids = range(1, sizes.profiles + 1)
+    preload = apply.preload(dsn, preloader, 1, profiles)
+    ids = range(1, profiles + 1)
     profile_ids = [apply_data.profile_id_of(apply_data.customer_key(names.crm, i)) for i in ids]
     return Store(dsn, config, names, profile_ids, [str(i) for i in ids]), preload
 
@@ -178,13 +165,14 @@ def measure_reads(store: Store, sizes: ServingSizes) -> dict[str, Any]:
             _check_answers(servers.target, store)
             for repeat in range(sizes.repeats):
                 for concurrency in sizes.concurrency:
-                    for method in ("echo", "get", "lookup"):
+                    for method in sizes.methods:
                         measured = _measure(servers, store, method, concurrency, sizes, repeat)
                         runs.setdefault(method, {}).setdefault(concurrency, []).append(measured)
+            peak = max((p for p in map(process_memory_mib, servers.pids) if p), default=None)
         out[str(processes)] = {
             method: {str(c): _combine(rs) for c, rs in by_c.items()}
             for method, by_c in runs.items()
-        }
+        } | {"server_peak_rss_mib": peak}
     return out
 
 
@@ -195,7 +183,8 @@ def _measure(
     processes = 1 if concurrency == 1 else _LOAD_PROCESSES
     per_process = concurrency // processes
     keys = store.crm_ids if method == "lookup" else store.profile_ids
-    start_at = time.monotonic() + 2.0  # the children's start-up (spawn + imports) fits in it
+    # The children's start-up (spawn + imports) fits in the delay.
+    start_at = time.monotonic() + sizes.start_delay_s
     jobs = [
         LoadJob(
             target=servers.target, method=method, keys=keys if method != "echo" else ["-"],
@@ -311,7 +300,7 @@ def _read_figures(reads: dict[str, Any]) -> list[Figure]:
         echo = by_method["echo"]
         for method in ("get", "lookup"):
             name = _METHOD_NAMES[method]
-            for concurrency, measured in by_method[method].items():
+            for concurrency, measured in by_method.get(method, {}).items():
                 baseline = echo[concurrency]
                 ratio = measured["qps"] / baseline["qps"] if baseline["qps"] else 0.0
                 high = concurrency == "64"
@@ -339,12 +328,18 @@ def _read_figures(reads: dict[str, Any]) -> list[Figure]:
 # --- fan-out ---------------------------------------------------------------------------------
 
 
-def measure_fanout(store: Store, sizes: ServingSizes, seed: int) -> dict[str, Any]:
-    """Deliveries/s and store commit → subscriber latency for each subscriber count."""
+def measure_fanout(
+    store: Store, sizes: ServingSizes, seed: int, first_round: int = 0
+) -> dict[str, Any]:
+    """Deliveries/s and store commit → subscriber latency for each subscriber count.
+
+    ``first_round``: a caller measuring the same store again passes the number of runs already
+    made, so that this run's record versions are above the earlier ones' (else nothing changes).
+    """
     out: dict[str, Any] = {}
     version_base = 10**15  # above every preloaded version (µs timestamps ~1.7e15)
     runs = [(p, s) for p in sizes.server_processes for s in sizes.subscribers]
-    for round_, (processes, subscribers) in enumerate(runs):
+    for round_, (processes, subscribers) in enumerate(runs, start=first_round):
         with ServerGroup(store.config, processes) as servers:
             per_process = -(-subscribers // _LOAD_PROCESSES)
             group = SubscriberGroup([
@@ -352,7 +347,10 @@ def measure_fanout(store: Store, sizes: ServingSizes, seed: int) -> dict[str, An
                 for i in range(_LOAD_PROCESSES) if subscribers - i * per_process > 0
             ])
             try:
+                rss_before = _rss_mib(servers.pids)
                 group.start()
+                # Every stream is live (has had a heartbeat): what the server holds for them.
+                rss_live = _rss_mib(servers.pids)
                 changes = round(sizes.fanout_rate * sizes.fanout_seconds)
                 cpu_before, server_cpu_before = host_cpu_times(), servers.cpu_s()
                 written = write_changes(
@@ -363,8 +361,9 @@ def measure_fanout(store: Store, sizes: ServingSizes, seed: int) -> dict[str, An
                     ),
                     timeout=120.0 + sizes.fanout_seconds,
                 )
-                time.sleep(2.0)  # the last changes reach every subscriber
+                time.sleep(sizes.settle_s)  # the last changes reach every subscriber
                 cpu_after, server_cpu_after = host_cpu_times(), servers.cpu_s()
+                peak = max((p for p in map(process_memory_mib, servers.pids) if p), default=None)
                 received = group.stop()
             finally:
                 group.kill()
@@ -374,9 +373,18 @@ def measure_fanout(store: Store, sizes: ServingSizes, seed: int) -> dict[str, An
         ) | {
             "server_processes": processes,
             "server_cpu_s": server_cpu_after - server_cpu_before,
+            "server_rss_before_mib": rss_before,
+            "server_rss_live_mib": rss_live,
+            "mib_per_subscriber": (rss_live - rss_before) / subscribers,
+            "server_peak_rss_mib": peak,
             "host_cpu_percent": host_cpu_shares(cpu_before, cpu_after),
         }
     return out
+
+
+def _rss_mib(pids: list[int]) -> float:
+    """The current RSS of the server processes together."""
+    return sum(process_memory_mib(pid, "VmRSS") or 0.0 for pid in pids)
 
 
 def _delivery_stats(
@@ -431,32 +439,28 @@ def _fanout_figures(fanout: dict[str, Any]) -> list[Figure]:
     return figures
 
 
-def _end_to_end_figures(embedded: dict[str, Any], sizes: ServingSizes) -> list[Figure]:
+def _rss_figures(reads: dict[str, Any], fanout: dict[str, Any]) -> list[Figure]:
     figures: list[Figure] = []
-    for subscribers, stats in embedded.items():
-        latency = stats["commit_to_receive"]
-        complete = stats["deliveries"] == stats["deliveries_expected"]
-        what = (
-            f"source commit → subscriber, embedded, {sizes.e2e_rate:,.0f}/s, "
-            f"{subscribers} subscribers"
-        )
-        # The target names 100 subscribers; other counts show the pipeline without that fan-out.
-        is_target = int(subscribers) == sizes.e2e_subscribers[0]
-        figures.append(Figure(f"{what}: p50", latency["p50_ms"], "ms"))
+    for stats in fanout.values():
+        if stats["server_processes"] != 1 or stats.get("mib_per_subscriber") is None:
+            continue
         figures.append(Figure(
-            f"{what}: p99", latency["p99_ms"], "ms",
-            target=f"≤ {FANOUT_TARGET_P99_MS:.0f} ms, all delivered" if is_target else None,
-            met=latency["p99_ms"] <= FANOUT_TARGET_P99_MS and complete if is_target else None,
+            f"memory per subscriber, {stats['subscribers']:,} subscribers "
+            "(server RSS growth ÷ subscribers)",
+            stats["mib_per_subscriber"] * 1024, "KiB",
         ))
+    peaks = [reads.get("1", {}).get("server_peak_rss_mib")]
+    peaks += [s["server_peak_rss_mib"] for s in fanout.values() if s["server_processes"] == 1]
+    known = [p for p in peaks if p is not None]
+    if known:
+        figures.append(Figure("peak RSS, server process (reads and fan-out)", max(known), "MiB"))
     return figures
 
 
 # --- notes and helpers -----------------------------------------------------------------------
 
 
-def _notes(
-    sizes: ServingSizes, reads: dict[str, Any], fanout: dict[str, Any], embedded: dict[str, Any]
-) -> list[str]:
+def _notes(sizes: ServingSizes, reads: dict[str, Any], fanout: dict[str, Any]) -> list[str]:
     notes = [
         f"serving: {sizes.profiles:,} profiles stored; echo = grpc.health.v1.Health/Check on the "
         "same server (no store access, no token check); load from "
@@ -483,24 +487,15 @@ def _notes(
             f"{stats['errors'] or 0}, server CPU {stats['server_cpu_s']:.1f} s; host "
             f"{shares.get('idle', 0):.0f}% idle, {shares.get('steal', 0):.0f}% stolen"
         )
-    for subscribers, stats in embedded.items():
-        shares = stats["host_cpu_percent"] or {}
-        notes.append(
-            f"end to end (embedded), {subscribers} subscribers: {stats['rows']:,} inserts at "
-            f"{stats['achieved_rate'] or 0:,.0f}/s, {stats['deliveries']:,} of "
-            f"{stats['deliveries_expected']:,} deliveries counted within "
-            f"{stats['drain_s']:.0f} s of the last commit; host {shares.get('idle', 0):.0f}% "
-            f"idle, {shares.get('steal', 0):.0f}% stolen"
-        )
     return notes
 
 
-def _create_database(admin_dsn: str, name: str) -> None:
+def create_database(admin_dsn: str, name: str) -> None:
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
-def _drop_database(admin_dsn: str, name: str) -> None:
+def drop_database(admin_dsn: str, name: str) -> None:
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "

@@ -1,17 +1,23 @@
-"""Source commit → subscriber receive, through the embedded transport.
+"""Source commit → subscriber receive, through the embedded or the Kafka transport.
 
 The whole pipeline on one machine, each part in a process of its own:
 
 * the **source**: the demo's ``crm.customers`` table (``examples/demo/schema.sql``), in the
   scenario's database; a paced writer process inserts new customers, one row per transaction, and
   records when each commit returned;
-* the **engine** (:func:`engine_main`): the connector and the engine in one process, handing
-  events over in memory (``InMemorySink`` → ``EmbeddedIngest``), as the embedded transport runs;
+* the **pipeline**: with the embedded transport, the connector and the engine in one process
+  handing events over in memory (``InMemorySink`` → ``EmbeddedIngest``, :func:`embedded_main`);
+  with the Kafka transport, a connector process publishing to Kafka (``KafkaSink``,
+  :func:`connector_main`) and an engine process consuming as a group member
+  (``run_kafka_engine``, :func:`kafka_engine_main`), as ``unified-profile cdc`` and
+  ``unified-profile engine`` run them;
 * the **server**: ``serve()`` with its change feed (:class:`~bench.serving_proc.ServerGroup`);
 * the **subscribers** (:class:`~bench.serving_subs.SubscriberGroup`).
 
-Each new customer becomes one CREATED change whose cause names the row (``{"id": N}``), read back
-from the change log after the run, so every delivery is matched with its row's commit time.
+One pipeline, server and set of subscribers serves every rate of a transport: the rates are written
+one after the other, lowest first, each to its own range of customer ids. Each new customer becomes
+one CREATED change whose cause names the row (``{"id": N}``), read back from the change log after
+the run, so every delivery is matched with its row's commit time.
 """
 
 from __future__ import annotations
@@ -24,19 +30,20 @@ import multiprocessing.connection
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 
 from . import apply_data
 from .serving_proc import ServerGroup
 from .serving_subs import Received, SubscribeJob, SubscriberGroup, stream_errors
-from .timing import host_cpu_shares, host_cpu_times, summarize_seconds
+from .timing import host_cpu_shares, host_cpu_times, process_memory_mib, summarize_seconds
 
+Transport = Literal["embedded", "kafka"]
 _CONTEXT = multiprocessing.get_context("spawn")
-_DRAIN_S = 20.0
 DEMO_SCHEMA = Path(__file__).resolve().parent.parent / "examples" / "demo" / "schema.sql"
 _INSERT = (
     "INSERT INTO crm.customers (id, first_name, last_name, email, birth_date, owner_email, "
@@ -46,18 +53,21 @@ _INSERT = (
 
 @dataclass(frozen=True)
 class EndToEndJob:
-    """One end-to-end measurement.
+    """The end-to-end measurements of one transport.
 
     Attributes:
         dsn: The scenario's database (store and source).
-        config: The service config (as parsed TOML) the server uses.
+        config: The service config (as parsed TOML) the server and the pipeline use.
         token: A bearer token with ``profiles.subscribe``.
         names: The run's source names.
+        transport: ``embedded`` or ``kafka``.
         seed: Seeds the inserted customers.
         first_id: The first new customer id (above the preloaded ones).
-        rate: Source commits per second.
-        seconds: How long the writer writes.
-        warmup_s: Rows committed in the first seconds are not counted.
+        rates: Source commits per second, one measurement each, in this order.
+        seconds: How long the writer writes at each rate.
+        warmup_s: Rows committed in the first seconds of each rate are not counted.
+        catch_up_s: After each rate, how long the store may take to catch up with the source.
+        drain_s: Then, how long the fan-out has to deliver before the next rate.
         subscribers: Streams, spread over two processes.
         slot: Replication slot and publication name.
     """
@@ -66,29 +76,46 @@ class EndToEndJob:
     config: dict[str, Any]
     token: str
     names: apply_data.SourceNames
+    transport: Transport
     seed: int
     first_id: int
-    rate: float
+    rates: tuple[float, ...]
     seconds: float
     warmup_s: float
+    catch_up_s: float
+    drain_s: float
     subscribers: int
     slot: str
 
+    def rows(self, rate: float) -> int:
+        """Rows written at ``rate``."""
+        return round(rate * self.seconds)
+
+    def last_id(self) -> int:
+        """One past the last customer id this job writes (the first row is the warm-up's)."""
+        return self.first_id + 1 + sum(self.rows(r) for r in self.rates)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    rate: float
+    first_id: int
+    commit_times: array.array[float]
+    caught_up: bool
+    catch_up_s: float
+    host_cpu: dict[str, float] | None
+
 
 def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
-    """Commit → receive latency of every delivery, with what each part cost."""
+    """Commit → receive latency of every delivery at each rate, with the processes' peak RSS."""
     with psycopg.connect(job.dsn, autocommit=True) as conn:
         if conn.execute("SELECT to_regclass('crm.customers')").fetchone() == (None,):
             conn.execute(DEMO_SCHEMA.read_text())
         head = _head(conn)
-    engine_config = _engine_config(job)
-    stop = _CONTEXT.Event()
-    engine_end, child_end = _CONTEXT.Pipe(duplex=False)
-    engine = _CONTEXT.Process(
-        target=engine_main, args=(engine_config, stop, child_end), name="bench-embedded-engine",
-        daemon=True,
-    )
-    rows = round(job.rate * job.seconds)
+    config = _pipeline_config(job)
+    pipeline = _Pipeline(job.transport, config)
+    passes: list[_Pass] = []
+    rss: dict[str, float | None] = {}
     with ServerGroup(job.config, 1) as servers:
         per_process = -(-job.subscribers // 2)
         group = SubscriberGroup([
@@ -98,29 +125,39 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
             for i in range(2) if job.subscribers - i * per_process > 0
         ])
         try:
-            engine.start()
-            _wait_for_slot(job.dsn, job.slot, engine)
+            started = time.monotonic()
+            pipeline.start(job)
             group.start()
-            cpu_before = host_cpu_times()
-            commit_times = _paced_inserts(job, rows)
-            written = time.monotonic()
-            _wait_for_head(job.dsn, head + rows, timeout=60.0 + rows / 200)
-            # Deliveries behind the store (a fan-out that cannot keep up) get a bounded time to
-            # arrive; what has not arrived then counts as infinitely late.
-            time.sleep(min(_DRAIN_S, max(2.0, job.seconds)))
-            drain_s = time.monotonic() - written
-            cpu_after = host_cpu_times()
+            # The first change proves the whole path works (for Kafka: the group has joined).
+            _write(job, rate=1.0, first_id=job.first_id, rows=1)
+            _wait_for_head(job.dsn, head + 1, timeout=180.0, pipeline=pipeline)
+            ready_s = time.monotonic() - started
+            expected_head = head + 1
+            next_id = job.first_id + 1
+            for rate in job.rates:
+                rows = job.rows(rate)
+                cpu_before = host_cpu_times()
+                commit_times = _write(job, rate, next_id, rows)
+                written = time.monotonic()
+                expected_head += rows
+                caught_up = _wait_for_head(
+                    job.dsn, expected_head, timeout=job.catch_up_s, pipeline=pipeline,
+                    required=False,
+                )
+                catch_up_s = time.monotonic() - written
+                time.sleep(job.drain_s)
+                passes.append(_Pass(
+                    rate, next_id, commit_times, caught_up, catch_up_s,
+                    host_cpu_shares(cpu_before, host_cpu_times()),
+                ))
+                next_id += rows
+            rss = {"server": _peak(servers.pids), **pipeline.peak_rss()}
             received = group.stop()
         finally:
             group.kill()
-            stop.set()
-            engine.join(60)
-            if engine.is_alive():
-                engine.kill()
-    if engine_end.poll(1):
-        failure = engine_end.recv()
-        if failure:
-            raise RuntimeError(f"the embedded engine failed:\n{failure}")
+            failure = pipeline.stop()
+    if failure:
+        raise RuntimeError(f"the {job.transport} pipeline failed:\n{failure}")
     with psycopg.connect(job.dsn, autocommit=True) as conn:
         # An inactive slot would hold WAL back for the rest of the run.
         conn.execute(
@@ -129,14 +166,20 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
             (job.slot,),
         )
     row_of = _rows_by_sequence(job.dsn, head)
-    return _latencies(job, rows, commit_times, row_of, received) | {
-        "drain_s": drain_s,
-        "host_cpu_percent": host_cpu_shares(cpu_before, cpu_after),
+    return {
+        "transport": job.transport,
+        "subscribers": job.subscribers,
+        "ready_s": ready_s,
+        "peak_rss_mib": rss,
+        "errors": stream_errors(received),
+        "rates": {
+            f"{p.rate:g}": _latencies(job, p, row_of, received) for p in passes
+        },
     }
 
 
-def _engine_config(job: EndToEndJob) -> dict[str, Any]:
-    """The service config with only the CRM source: streams new rows, no snapshot."""
+def _pipeline_config(job: EndToEndJob) -> dict[str, Any]:
+    """The service config with only the CRM customers table: streams new rows, no snapshot."""
     crm = next(s for s in job.config["sources"] if s["name"] == job.names.crm)
     source = {
         **crm, "snapshot": "never", "slot": job.slot, "publication": job.slot,
@@ -146,45 +189,118 @@ def _engine_config(job: EndToEndJob) -> dict[str, Any]:
     return {**job.config, "sources": [source]}
 
 
-def engine_main(
-    config_data: dict[str, Any], stop: Any, report: multiprocessing.connection.Connection
+def _peak(pids: list[int]) -> float | None:
+    values = [process_memory_mib(pid) for pid in pids]
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+class _Pipeline:
+    """The connector and engine processes of one transport."""
+
+    def __init__(self, transport: Transport, config: dict[str, Any]) -> None:
+        self._transport = transport
+        self._config = config
+        self._stop = _CONTEXT.Event()
+        self._children: list[tuple[str, Any, multiprocessing.connection.Connection]] = []
+
+    def start(self, job: EndToEndJob) -> None:
+        roles = ["embedded engine"]
+        if self._transport == "kafka":
+            _ensure_topics(self._config)
+            roles = ["engine", "connector"]
+        for role in roles:
+            parent_end, child_end = _CONTEXT.Pipe(duplex=False)
+            child = _CONTEXT.Process(
+                target=pipeline_main, args=(role, self._config, self._stop, child_end),
+                name=f"bench-{role.replace(' ', '-')}", daemon=True,
+            )
+            child.start()
+            child_end.close()
+            self._children.append((role, child, parent_end))
+        _wait_for_slot(job.dsn, job.slot, self)
+
+    def check(self) -> None:
+        """Raise if a process has ended."""
+        for role, child, _ in self._children:
+            if not child.is_alive():
+                raise RuntimeError(f"the {role} process exited early:\n{self.stop()}")
+
+    def peak_rss(self) -> dict[str, float | None]:
+        return {role: process_memory_mib(int(c.pid)) for role, c, _ in self._children}
+
+    def stop(self) -> str:
+        """Stop every process; return what failed (empty: nothing)."""
+        self._stop.set()
+        failures = []
+        for role, child, conn in self._children:
+            child.join(60)
+            if child.is_alive():
+                child.kill()
+            if conn.poll(1):
+                with contextlib.suppress(EOFError):
+                    failure = conn.recv()
+                    if failure:
+                        failures.append(f"{role}: {failure}")
+        self._children.clear()
+        return "\n".join(failures)
+
+
+def _ensure_topics(config_data: dict[str, Any]) -> None:
+    from unified_profile.cdc.config import KafkaConfig
+    from unified_profile.cdc.connector import table_topic
+    from unified_profile.cdc.kafka import ensure_topics
+    from unified_profile.server.config import parse_service_config
+
+    config = parse_service_config(config_data, "bench")
+    transport = config.capture.transport
+    assert isinstance(transport, KafkaConfig)
+    source = config.capture.sources[0]
+    topics = [table_topic(source.name, t.table) for t in source.tables]
+    ensure_topics(
+        transport, [*topics, f"__debezium-heartbeat.{source.name}"], [transport.offsets_topic]
+    )
+
+
+def pipeline_main(
+    role: str, config_data: dict[str, Any], stop: Any, report: multiprocessing.connection.Connection
 ) -> None:
-    """Entry point of the embedded engine process: connector and engine until ``stop``."""
+    """Entry point of a pipeline process: run ``role`` until the parent sets ``stop``.
+
+    ``role``: ``embedded engine`` (connector and engine in memory), ``engine`` (the Kafka engine,
+    as ``unified-profile engine``) or ``connector`` (publishing to Kafka, as ``unified-profile
+    cdc``). Sends back the failure's traceback, or an empty string.
+    """
     failure = ""
     try:
         import logging
 
         import structlog
 
-        from unified_profile.cdc.connector import Connector
-        from unified_profile.cdc.sink import InMemorySink
         from unified_profile.server.config import parse_service_config
-        from unified_profile.server.ingest.consumers import EmbeddedIngest
-        from unified_profile.server.ingest.service import build_pipeline, open_store
-        from unified_profile.server.store.profile_store import StoreOffsetStore
 
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+        logging.getLogger("kafka").setLevel(logging.ERROR)
         config = parse_service_config(config_data, "bench")
-        store = open_store(config)
-        source = config.capture.sources[0]
-        sink = InMemorySink()
-        connector = Connector(source, sink, StoreOffsetStore(store))
-        batch = config.engine.batch_events
-        ingest = EmbeddedIngest(sink, build_pipeline(config, store, "embedded"), source.name, batch)
+        body = _ROLES[role]
         halt = threading.Event()
-        threads = [
-            threading.Thread(target=connector.run, args=(halt,), name="connector"),
-            threading.Thread(target=ingest.run, args=(halt,), name="ingest"),
-        ]
-        for thread in threads:
-            thread.start()
+        errors: list[str] = []
+
+        def run() -> None:
+            try:
+                body(config, halt)
+            except BaseException:
+                errors.append(traceback.format_exc())
+
+        thread = threading.Thread(target=run, name=role)
+        thread.start()
         while not stop.wait(0.2):
-            if not all(t.is_alive() for t in threads):
-                raise RuntimeError("a pipeline thread ended early")
+            if not thread.is_alive():
+                raise RuntimeError("the pipeline ended early:\n" + "".join(errors))
         halt.set()
-        for thread in threads:
-            thread.join(60)
-        store.close()
+        thread.join(60)
+        if errors:
+            raise RuntimeError(errors[0])
     except BaseException:
         failure = traceback.format_exc()
     finally:
@@ -193,14 +309,74 @@ def engine_main(
         report.close()
 
 
-def _wait_for_slot(dsn: str, slot: str, engine: Any, timeout: float = 60.0) -> None:
+def _run_embedded(config: Any, halt: threading.Event) -> None:
+    from unified_profile.cdc.connector import Connector
+    from unified_profile.cdc.sink import InMemorySink
+    from unified_profile.server.ingest.consumers import EmbeddedIngest
+    from unified_profile.server.ingest.service import build_pipeline, open_store
+    from unified_profile.server.store.profile_store import StoreOffsetStore
+
+    store = open_store(config)
+    try:
+        source = config.capture.sources[0]
+        sink = InMemorySink()
+        connector = Connector(source, sink, StoreOffsetStore(store))
+        ingest = EmbeddedIngest(
+            sink, build_pipeline(config, store, "embedded"), source.name,
+            config.engine.batch_events,
+        )
+        threads = [
+            threading.Thread(target=connector.run, args=(halt,), name="connector"),
+            threading.Thread(target=ingest.run, args=(halt,), name="ingest"),
+        ]
+        for thread in threads:
+            thread.start()
+        while not halt.wait(0.2):
+            if not all(t.is_alive() for t in threads):
+                raise RuntimeError("a pipeline thread ended early")
+        for thread in threads:
+            thread.join(60)
+    finally:
+        store.close()
+
+
+def _run_kafka_engine(config: Any, halt: threading.Event) -> None:
+    from unified_profile.server.ingest.service import open_store, run_kafka_engine
+
+    store = open_store(config)
+    try:
+        run_kafka_engine(config, store, halt)
+    finally:
+        store.close()
+
+
+def _run_connector(config: Any, halt: threading.Event) -> None:
+    from unified_profile.cdc.connector import Connector
+    from unified_profile.cdc.kafka import KafkaOffsetStore, KafkaSink
+
+    transport = config.capture.transport
+    source = config.capture.sources[0]
+    sink = KafkaSink(transport, source.schemas_enable)
+    try:
+        Connector(source, sink, KafkaOffsetStore(transport)).run(halt)
+    finally:
+        sink.close()
+
+
+_ROLES: dict[str, Callable[[Any, threading.Event], None]] = {
+    "embedded engine": _run_embedded,
+    "engine": _run_kafka_engine,
+    "connector": _run_connector,
+}
+
+
+def _wait_for_slot(dsn: str, slot: str, pipeline: _Pipeline, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     with psycopg.connect(dsn, autocommit=True) as conn:
         while not conn.execute(
             "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active", (slot,)
         ).fetchone():
-            if not engine.is_alive():
-                raise RuntimeError("the embedded engine exited before streaming")
+            pipeline.check()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the connector did not start streaming within {timeout:.0f}s")
             time.sleep(0.2)
@@ -211,15 +387,23 @@ def _head(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row is not None else 0
 
 
-def _wait_for_head(dsn: str, head: int, timeout: float) -> None:
+def _wait_for_head(
+    dsn: str, head: int, timeout: float, pipeline: _Pipeline, required: bool = True
+) -> bool:
+    """Wait until the change log reaches ``head``; ``False`` (or an error) when it did not."""
     deadline = time.monotonic() + timeout
     with psycopg.connect(dsn, autocommit=True) as conn:
         while True:
             if _head(conn) >= head:
-                return
+                return True
+            pipeline.check()
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the change log did not reach {head} within {timeout:.0f}s")
-            time.sleep(0.2)
+                if required:
+                    raise RuntimeError(
+                        f"the change log did not reach {head} within {timeout:.0f}s"
+                    )
+                return False
+            time.sleep(0.1)
 
 
 def _rows_by_sequence(dsn: str, after: int) -> dict[int, int]:
@@ -233,16 +417,17 @@ def _rows_by_sequence(dsn: str, after: int) -> dict[int, int]:
     return {int(s): int(i) for s, i in rows if i is not None}
 
 
-def _paced_inserts(job: EndToEndJob, rows: int) -> array.array[float]:
+def _write(job: EndToEndJob, rate: float, first_id: int, rows: int) -> array.array[float]:
     """Run the paced writer in its own process; the ``time.monotonic()`` of each commit."""
     parent_end, child_end = _CONTEXT.Pipe(duplex=False)
     writer = _CONTEXT.Process(
-        target=writer_main, args=(job, rows, child_end), name="bench-source-writer", daemon=True
+        target=writer_main, args=(job.dsn, job.seed, first_id, rows, rate, child_end),
+        name="bench-source-writer", daemon=True,
     )
     writer.start()
     child_end.close()
     try:
-        if not parent_end.poll(60.0 + 2 * job.seconds):
+        if not parent_end.poll(60.0 + 2 * rows / rate):
             raise RuntimeError("the source writer did not finish")
         outcome = parent_end.recv()
         if isinstance(outcome, str):
@@ -255,21 +440,28 @@ def _paced_inserts(job: EndToEndJob, rows: int) -> array.array[float]:
             writer.kill()
 
 
-def writer_main(job: EndToEndJob, rows: int, report: multiprocessing.connection.Connection) -> None:
-    """Entry point of the source writer: ``rows`` single-row inserts at ``job.rate`` per second."""
+def writer_main(
+    dsn: str, seed: int, first_id: int, rows: int, rate: float,
+    report: multiprocessing.connection.Connection,
+) -> None:
+    """Entry point of the source writer: ``rows`` single-row inserts at ``rate`` per second.
+
+    Row ``i`` is committed no earlier than ``i / rate`` seconds after the start; a writer that
+    falls behind catches up rather than skipping rows.
+    """
     try:
         values = []
-        for customer_id in range(job.first_id, job.first_id + rows):
-            c = apply_data.customer(job.seed, customer_id)
+        for customer_id in range(first_id, first_id + rows):
+            c = apply_data.customer(seed, customer_id)
             values.append((
                 c.id, c.first_name, c.last_name, c.email, c.birth_date, c.owner_email,
                 c.lifecycle_stage, None, c.notes,
             ))
         times: array.array[float] = array.array("d")
-        with psycopg.connect(job.dsn, autocommit=True) as conn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
             started = time.monotonic()
             for index, row in enumerate(values):
-                delay = started + index / job.rate - time.monotonic()
+                delay = started + index / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
                 conn.execute(_INSERT, row)
@@ -283,30 +475,37 @@ def writer_main(job: EndToEndJob, rows: int, report: multiprocessing.connection.
 
 
 def _latencies(
-    job: EndToEndJob, rows: int, commit_times: array.array[float], row_of: dict[int, int],
-    received: list[Received],
+    job: EndToEndJob, run: _Pass, row_of: dict[int, int], received: list[Received]
 ) -> dict[str, Any]:
-    first_counted = job.first_id + round(job.warmup_s * job.rate)
+    rows = len(run.commit_times)
+    first_counted = run.first_id + min(rows - 1, round(job.warmup_s * run.rate))
+    end = run.first_id + rows
     latencies: list[float] = []
     for part in received:
         for sequence, at in zip(part.sequences, part.times, strict=True):
             row = row_of.get(sequence)
-            if row is not None and first_counted <= row < job.first_id + rows:
-                latencies.append(at - commit_times[row - job.first_id])
-    counted_rows = job.first_id + rows - first_counted
-    expected = counted_rows * job.subscribers
+            if row is not None and first_counted <= row < end:
+                latencies.append(at - run.commit_times[row - run.first_id])
+    expected = (end - first_counted) * job.subscribers
     missing = max(0, expected - len(latencies))
-    span = commit_times[-1] - commit_times[0] if len(commit_times) > 1 else 0.0
+    span = run.commit_times[-1] - run.commit_times[0] if rows > 1 else 0.0
     return {
         "rows": rows,
-        "achieved_rate": (len(commit_times) - 1) / span if span else None,
-        "changes": len(row_of),
+        "achieved_rate": (rows - 1) / span if span else None,
+        "changes": sum(1 for r in row_of.values() if run.first_id <= r < end),
         "deliveries": len(latencies),
         "deliveries_expected": expected,
         # A delivery that never came counts as infinitely late.
         "commit_to_receive": asdict(summarize_seconds(latencies + [math.inf] * missing)),
-        "errors": stream_errors(received),
+        "store_caught_up": run.caught_up,
+        "catch_up_s": run.catch_up_s,
+        "host_cpu_percent": run.host_cpu,
     }
 
 
-__all__ = ["EndToEndJob", "engine_main", "measure_end_to_end", "writer_main"]
+__all__ = [
+    "EndToEndJob",
+    "measure_end_to_end",
+    "pipeline_main",
+    "writer_main",
+]

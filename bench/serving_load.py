@@ -201,7 +201,8 @@ def _caller(job: LoadJob, channel: aio.Channel) -> Callable[[bytes], Awaitable[A
     call = channel.unary_unary(_PATHS[job.method])
 
     def send(request: bytes) -> Awaitable[Any]:
-        return call(request, metadata=metadata, timeout=_CALL_TIMEOUT_S)
+        response: Awaitable[Any] = call(request, metadata=metadata, timeout=_CALL_TIMEOUT_S)
+        return response
 
     return send
 

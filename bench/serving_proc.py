@@ -118,8 +118,9 @@ class ServerGroup:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the server did not start within {timeout:.0f}s")
             time.sleep(0.2)
-        # Every child listens once it has bound the port; give the last ones a moment.
-        time.sleep(1.0)
+        if self.processes > 1:
+            # Every child listens once it has bound the port; give the last ones a moment.
+            time.sleep(1.0)
 
     def stop(self) -> None:
         """SIGTERM each child (a graceful stop), then kill what is left."""

@@ -1,0 +1,79 @@
+"""The benchmark's pure bookkeeping: which deliveries count, how growth and targets are reported."""
+
+from __future__ import annotations
+
+import array
+import math
+
+from bench import end_to_end, growth
+from bench.apply_data import SourceNames
+from bench.serving_e2e import EndToEndJob, _latencies, _Pass
+from bench.serving_subs import Received
+
+
+def _job(subscribers: int = 2) -> EndToEndJob:
+    return EndToEndJob(
+        dsn="", config={}, token="", names=SourceNames.for_run("t"), transport="embedded",
+        seed=1, first_id=100, rates=(10.0,), seconds=1.0, warmup_s=0.2, catch_up_s=1.0,
+        drain_s=1.0, subscribers=subscribers, slot="s",
+    )
+
+
+def test_a_missing_delivery_makes_the_tail_infinite_not_smaller() -> None:
+    # Rows 101..110 were committed at t = 0.0, 0.1, ...; the first 0.2 s (rows 101, 102) are
+    # warm-up. Sequence n was caused by row 100 + n.
+    commits = array.array("d", [i / 10 for i in range(10)])
+    run = _Pass(10.0, 101, commits, caught_up=True, catch_up_s=0.0, host_cpu=None)
+    row_of = {n: 100 + n for n in range(1, 11)}
+    every_row = array.array("q", range(1, 11))
+    on_time = array.array("d", [(n - 1) / 10 + 0.005 for n in range(1, 11)])
+    complete = Received(every_row, on_time, {})
+    one_short = Received(every_row[:-1], on_time[:-1], {})
+
+    full = _latencies(_job(), run, row_of, [complete, complete])
+    assert full["deliveries"] == full["deliveries_expected"] == 16
+    assert math.isclose(full["commit_to_receive"]["p99_ms"], 5.0, abs_tol=1e-6)
+
+    missing = _latencies(_job(), run, row_of, [complete, one_short])
+    assert missing["deliveries"] == 15
+    assert missing["commit_to_receive"]["p99_ms"] == math.inf
+
+
+def test_the_end_to_end_target_is_judged_at_1000_per_second_only() -> None:
+    def at(p99: float, delivered: int) -> dict[str, object]:
+        latency = {"p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": p99}
+        return {"commit_to_receive": latency, "deliveries": delivered, "deliveries_expected": 10}
+
+    measured = {
+        "kafka": {
+            "rates": {"100": at(500.0, 10), "1000": at(50.0, 9)},
+            "peak_rss_mib": {"server": 120.0, "engine": None},
+        }
+    }
+    sizes = end_to_end.EndToEndSizes.for_mode(quick=True)
+    figures = {f.measure: f for f in end_to_end.figures(measured, sizes)}
+    slow = figures["source commit → subscriber, kafka, 100/s, 100 subscribers: p99"]
+    assert slow.met is None
+    # Fast enough, but one delivery never came: missed.
+    fast = figures["source commit → subscriber, kafka, 1,000/s, 100 subscribers: p99"]
+    assert fast.met is False
+    assert "peak RSS, server process (kafka end to end)" in figures
+    assert not any("engine" in name for name in figures if name.startswith("peak RSS"))
+
+
+def test_growth_figures_sit_next_to_the_smallest_store() -> None:
+    def step(rate: float, fanout: float | None) -> dict[str, object]:
+        return {
+            "apply_per_s": rate, "get_qps": 1_000.0, "get_p99_ms": 5.0,
+            "fanout_p99_ms": fanout, "server_peak_rss_mib": 100.0,
+        }
+
+    figures = growth.figures({"10000": step(400.0, 10.0), "1000000": step(300.0, None)})
+    by_name = {f.measure: f for f in figures}
+    small = by_name["growth: apply, embedded at 10,000 profiles"]
+    large = by_name["growth: apply, embedded at 1,000,000 profiles"]
+    assert small.baseline is None
+    assert large.baseline == 400.0 and large.ratio == 0.75
+    # A figure a step could not measure is left out rather than written as a number.
+    assert "growth: fan-out to 100 subscribers: store commit → receive p99 at 1,000,000 profiles" \
+        not in by_name
