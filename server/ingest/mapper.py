@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from unified_profile.cdc.envelope import DecodedEvent
 
 from ..engine.mapping import MappingError
@@ -34,6 +36,15 @@ class ConfiguredMapper:
                 int(event.source.get("ts_us") or 0),
             )
         try:
-            return table.map_event(source, event)
+            record = table.map_event(source, event)
         except MappingError as exc:
             raise MappingFailed(str(exc), loggable=exc.without_value) from exc
+        if event.op == "r" and record.position > 0:
+            # A snapshot read carries the slot's consistent point C as its LSN (as Debezium's
+            # does), but it shows the row as of *before* C: the first change streamed after the
+            # snapshot may be the WAL record at exactly C. Ranked at C, the read would make that
+            # change look like a redelivery and it would be skipped for good; ranked just below
+            # C, every streamed change supersedes it. (WAL records start 8-byte aligned, so no
+            # change sits at C - 1.)
+            record = replace(record, position=record.position - 1)
+        return record
