@@ -41,6 +41,10 @@ _READ_TIMEOUT_S = 0.2
 _PROGRESS_LOG_INTERVAL_S = 10.0
 _SHUTDOWN_FLUSH_TIMEOUT_S = 30.0
 _SLOT_RELEASE_WAIT_S = 15.0
+# A sink that acknowledges nothing for this long is reported (a broker unreachable, a store
+# down): the connector keeps the events and confirms nothing past them, which is safe but silent
+# otherwise, because the clients retry by themselves underneath.
+_SINK_STALL_WARN_S = 10.0
 
 
 def heartbeat_topic(prefix: str) -> str:
@@ -74,6 +78,8 @@ class Connector:
         self._database = ""
         # (events published when the transaction ended, its end LSN, its commit time)
         self._unconfirmed: deque[tuple[int, int, int]] = deque()
+        self._ack_seen = (0, time.monotonic())  # (acknowledged, when it last moved)
+        self._stall_reported_at: float | None = None
         self.ready = threading.Event()
         """Set once the snapshot (if any) is done and the connector is streaming."""
 
@@ -310,6 +316,7 @@ class Connector:
     def _collect_acks(self, busy: bool) -> None:
         acknowledged = self._sink.acknowledged()
         self.stats.events_acknowledged = acknowledged
+        self._watch_sink(acknowledged)
         confirmed = self.stats.confirmed_lsn
         last_commit_us = 0
         while self._unconfirmed and self._unconfirmed[0][0] <= acknowledged:
@@ -322,6 +329,32 @@ class Connector:
             # handled, so the slot may move past WAL that only other tables wrote (idle slot).
             confirmed = max(confirmed, self.stats.server_wal_end)
         self.stats.confirmed_lsn = confirmed
+
+    def _watch_sink(self, acknowledged: int) -> None:
+        """Warn while the sink holds events it does not acknowledge; say when it recovers."""
+        now = time.monotonic()
+        waiting = self.stats.events_published - acknowledged
+        if waiting <= 0 or acknowledged != self._ack_seen[0]:
+            if self._stall_reported_at is not None:
+                self._log.info(
+                    "cdc.sink_recovered", waited_s=round(now - self._ack_seen[1], 1),
+                    acknowledged=acknowledged,
+                )
+                self._stall_reported_at = None
+            self._ack_seen = (acknowledged, now)
+            return
+        stalled_s = now - self._ack_seen[1]
+        last = self._stall_reported_at
+        if stalled_s >= _SINK_STALL_WARN_S and (last is None or now - last >= _SINK_STALL_WARN_S):
+            self._log.warning(
+                "cdc.sink_stalled",
+                unacknowledged=waiting,
+                stalled_s=round(stalled_s, 1),
+                sink=type(self._sink).__name__,
+                note="the broker (or, embedded, the store) is not acknowledging; events are kept "
+                "and the slot is not confirmed past them",
+            )
+            self._stall_reported_at = now
 
     def _shape_for(self, relation: Relation) -> TableShape | None:
         if TableName(relation.schema, relation.name) not in self._tables:

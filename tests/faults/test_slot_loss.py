@@ -1,0 +1,143 @@
+"""A replication slot dropped (as an operator or ``max_slot_wal_keep_size`` would lose it).
+
+With ``snapshot = "initial"`` the service refuses to start, saying what happened and how to fix
+it (exit 3). With ``snapshot = "when_needed"`` it creates a new slot and re-reads the tables; a
+record whose values did not change while the slot was gone causes no profile change.
+"""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from .support import (
+    DemoSources,
+    Deployment,
+    RunProcess,
+    assert_change_log_sound,
+    head,
+    reconcile,
+    service_env,
+    wait_for,
+    write_config,
+)
+
+
+def _caught_up(service: RunProcess, deployment: Deployment, sources: DemoSources) -> None:
+    targets = sources.wal_positions()
+    wait_for(lambda: sources.confirmed_past(deployment.slots, targets),
+             "the service to catch up", timeout=240, died=[service.died])
+
+
+def _drop_slot(dsn: str, slot: str) -> None:
+    """Drop ``slot``, ending the session reading it first (it may come back: repeat)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(50):
+            conn.execute(
+                "SELECT pg_terminate_backend(active_pid, 10000) FROM pg_replication_slots"
+                " WHERE slot_name = %s AND active_pid IS NOT NULL", (slot,))
+            try:
+                conn.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                    " WHERE slot_name = %s", (slot,))
+                return
+            except psycopg.errors.ObjectInUse:
+                continue
+    raise AssertionError(f"slot {slot} kept being reacquired")
+
+
+def _changes_after(store_dsn: str, sequence: int) -> list[tuple[int, str, dict, list]]:
+    with psycopg.connect(store_dsn) as conn:
+        return conn.execute(
+            "SELECT sequence, kind, changes, cause FROM up_change_log WHERE sequence > %s"
+            " ORDER BY sequence", (sequence,)).fetchall()
+
+
+def _first_run(tmp_path, sources: DemoSources, store_dsn: str, suffix: str, snapshot: str):
+    deployment = write_config(tmp_path, suffix, snapshot=snapshot)
+    env = service_env(store_dsn, sources)
+    service = RunProcess(deployment, env, tmp_path / "run.log")
+    try:
+        wait_for(lambda: head(store_dsn) > 300, "the snapshot", died=[service.died])
+        _caught_up(service, deployment, sources)
+        assert service.stop() == 0, service.log_tail()
+    finally:
+        service.stop()
+    return deployment, env
+
+
+def test_lost_slot_with_snapshot_initial_refuses_and_names_the_fix(
+    tmp_path, demo_sources, new_database, unique_name
+):
+    store_dsn = new_database("store")
+    deployment, env = _first_run(tmp_path, demo_sources, store_dsn, unique_name("initial"),
+                                 "initial")
+    _drop_slot(demo_sources.dsns["loyalty"], deployment.slots["loyalty"])
+
+    service = RunProcess(deployment, env, tmp_path / "refused.log")
+    try:
+        assert service.process.wait(120) == 3, service.log_tail()
+    finally:
+        service.stop()
+    said = service.log.read_text()
+    assert f"replication slot {deployment.slots['loyalty']!r} is gone" in said, said[-2000:]
+    assert 'set snapshot = "when_needed"' in said
+    # Nothing was re-read or changed.
+    assert reconcile(deployment, env)[0] == 0
+
+
+@pytest.mark.parametrize("when", ["stopped", "running"])
+def test_lost_slot_with_when_needed_resnapshots_without_spurious_changes(
+    tmp_path, demo_sources, new_database, unique_name, when
+):
+    store_dsn = new_database("store")
+    deployment, env = _first_run(tmp_path, demo_sources, store_dsn, unique_name("needed"),
+                                 "when_needed")
+    before = head(store_dsn)
+    loyalty = demo_sources.dsns["loyalty"]
+    with psycopg.connect(loyalty) as conn:
+        member = conn.execute(
+            "SELECT member_id FROM loyalty.members WHERE tier_code <> 'PLT' ORDER BY member_id"
+            " LIMIT 1").fetchone()[0]
+
+    def change_while_gone() -> None:
+        with psycopg.connect(loyalty, autocommit=True) as conn:
+            conn.execute("UPDATE loyalty.members SET tier_code = 'PLT', updated_at = now()"
+                         " WHERE member_id = %s", (member,))
+
+    service: RunProcess | None = None
+    try:
+        if when == "stopped":
+            _drop_slot(loyalty, deployment.slots["loyalty"])
+            change_while_gone()
+            service = RunProcess(deployment, env, tmp_path / "again.log")
+        else:
+            service = RunProcess(deployment, env, tmp_path / "again.log")
+            wait_for(lambda: len(service.log_events("cdc.streaming")) >= 2, "streaming",
+                     died=[service.died])
+            _drop_slot(loyalty, deployment.slots["loyalty"])
+            change_while_gone()
+        wait_for(lambda: service.log_events("cdc.snapshot_completed"), "the re-snapshot",
+                 died=[service.died])
+        _caught_up(service, deployment, demo_sources)
+        assert service.stop() == 0, service.log_tail()
+    finally:
+        if service is not None:
+            service.stop()
+
+    # The loyalty tables were read again in full ...
+    (completed,) = service.log_events("cdc.snapshot_completed")
+    assert completed["source"] == "loyalty" and completed["rows"] > 500
+    # ... and the only profile change is the one made while the slot was gone (the re-read
+    # records of that profile are among its causes: they were recomputed with it).
+    after = _changes_after(store_dsn, before)
+    assert [(kind, changes) for _, kind, changes, _ in after] == [
+        ("UPDATED", {"loyalty.tier": {"old": after[0][2]["loyalty.tier"]["old"],
+                                      "new": "platinum"}})
+    ], after[:5]
+    causes = {(c["table"], json.dumps(c["key"])) for c in after[0][3]}
+    assert ("loyalty.members", json.dumps({"member_id": member})) in causes
+    assert assert_change_log_sound(store_dsn) == before + 1
+    assert reconcile(deployment, env)[0] == 0
