@@ -6,12 +6,14 @@ STAMP := $(VENV)/.installed
 # npm writes this file on every install: newer than package-lock.json means the deps are current.
 NODE_DEPS := clients/node/node_modules/.package-lock.json
 
-.PHONY: protos check-protos help venv node-deps demo test test-unit test-integration lint typecheck check bench bench-quick clean
+.PHONY: protos check-protos help venv node-deps demo test test-faults test-unit test-integration lint typecheck check bench bench-quick clean
 
 help:
 	@echo "make demo       create .venv, run everything on this machine with simulated customers and a live view"
 	@echo "                (DEMO_ARGS=\"--rate 50 --people 5000\"; Ctrl-C stops it all)"
-	@echo "make test       create .venv, install, run the whole suite (real PostgreSQL + Kafka-protocol broker)"
+	@echo "make test       create .venv, install, run the suite (real PostgreSQL + Kafka-protocol broker;"
+	@echo "                the longest fault tests only in make test-faults)"
+	@echo "make test-faults the whole fault suite: crashes under load, outages, lost slots (tests/faults)"
 	@echo "make check      proto drift + ruff + mypy (strict) + the whole suite, exactly what CI runs"
 	@echo "make node-deps  install the Node.js client's dependencies (npm ci; make test does it)"
 	@echo "make protos     regenerate the client's protobuf/gRPC modules from protos/"
@@ -39,8 +41,12 @@ DEMO_ARGS ?=
 demo: $(STAMP)
 	$(PY) -m unified_profile.server.demo $(DEMO_ARGS)
 
+# The fault suite's longest tests (marked faults_long) run only in `make test-faults`.
 test: $(STAMP) $(NODE_DEPS)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not faults_long"
+
+test-faults: $(STAMP)
+	$(PY) -m pytest -q tests/faults
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
