@@ -114,8 +114,10 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
         head = _head(conn)
     config = _pipeline_config(job)
     pipeline = _Pipeline(job.transport, config)
+    began = time.monotonic()
     passes: list[_Pass] = []
     rss: dict[str, float | None] = {}
+    writer = _Writer(job)
     with ServerGroup(job.config, 1) as servers:
         per_process = -(-job.subscribers // 2)
         group = SubscriberGroup([
@@ -129,7 +131,7 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
             pipeline.start(job)
             group.start()
             # The first change proves the whole path works (for Kafka: the group has joined).
-            _write(job, rate=1.0, first_id=job.first_id, rows=1)
+            writer.write(rate=1.0, first_id=job.first_id, rows=1)
             _wait_for_head(job.dsn, head + 1, timeout=180.0, pipeline=pipeline)
             ready_s = time.monotonic() - started
             expected_head = head + 1
@@ -137,7 +139,7 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
             for rate in job.rates:
                 rows = job.rows(rate)
                 cpu_before = host_cpu_times()
-                commit_times = _write(job, rate, next_id, rows)
+                commit_times = writer.write(rate, next_id, rows)
                 written = time.monotonic()
                 expected_head += rows
                 caught_up = _wait_for_head(
@@ -152,8 +154,10 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
                 ))
                 next_id += rows
             rss = {"server": _peak(servers.pids), **pipeline.peak_rss()}
+            measured = time.monotonic()
             received = group.stop()
         finally:
+            writer.close()
             group.kill()
             failure = pipeline.stop()
     if failure:
@@ -170,6 +174,11 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
         "transport": job.transport,
         "subscribers": job.subscribers,
         "ready_s": ready_s,
+        # Where the wall time went: start-up, the passes, stopping every process.
+        "wall_s": time.monotonic() - began,
+        "passes_s": measured - began - ready_s,
+        "stop_s": time.monotonic() - measured,
+        "pipeline_stop_s": pipeline.stop_s,
         "peak_rss_mib": rss,
         "errors": stream_errors(received),
         "rates": {
@@ -203,6 +212,7 @@ class _Pipeline:
         self._config = config
         self._stop = _CONTEXT.Event()
         self._children: list[tuple[str, Any, multiprocessing.connection.Connection]] = []
+        self.stop_s: dict[str, float] = {}
 
     def start(self, job: EndToEndJob) -> None:
         roles = ["embedded engine"]
@@ -234,9 +244,11 @@ class _Pipeline:
         self._stop.set()
         failures = []
         for role, child, conn in self._children:
+            began = time.monotonic()
             child.join(60)
             if child.is_alive():
                 child.kill()
+            self.stop_s[role] = time.monotonic() - began
             if conn.poll(1):
                 with contextlib.suppress(EOFError):
                     failure = conn.recv()
@@ -417,61 +429,78 @@ def _rows_by_sequence(dsn: str, after: int) -> dict[int, int]:
     return {int(s): int(i) for s, i in rows if i is not None}
 
 
-def _write(job: EndToEndJob, rate: float, first_id: int, rows: int) -> array.array[float]:
-    """Run the paced writer in its own process; the ``time.monotonic()`` of each commit."""
-    parent_end, child_end = _CONTEXT.Pipe(duplex=False)
-    writer = _CONTEXT.Process(
-        target=writer_main, args=(job.dsn, job.seed, first_id, rows, rate, child_end),
-        name="bench-source-writer", daemon=True,
-    )
-    writer.start()
-    child_end.close()
-    try:
-        if not parent_end.poll(60.0 + 2 * rows / rate):
+class _Writer:
+    """The source writer process: one per transport, given one paced pass at a time.
+
+    One process for every pass (rather than one per pass) keeps the spawn and imports, seconds
+    on a busy machine, out of the run.
+    """
+
+    def __init__(self, job: EndToEndJob) -> None:
+        self._conn, child_end = _CONTEXT.Pipe()
+        self._process = _CONTEXT.Process(
+            target=writer_main, args=(job.dsn, job.seed, child_end), name="bench-source-writer",
+            daemon=True,
+        )
+        self._process.start()
+        child_end.close()
+
+    def write(self, rate: float, first_id: int, rows: int) -> array.array[float]:
+        """Insert customers ``first_id..first_id + rows - 1``; the ``time.monotonic()`` of each commit.
+
+        Raises:
+            RuntimeError: The writer failed or did not finish in time.
+        """
+        self._conn.send((rate, first_id, rows))
+        if not self._conn.poll(60.0 + 2 * rows / rate):
             raise RuntimeError("the source writer did not finish")
-        outcome = parent_end.recv()
+        outcome = self._conn.recv()
         if isinstance(outcome, str):
             raise RuntimeError(f"the source writer failed:\n{outcome}")
         assert isinstance(outcome, array.array)
         return outcome
-    finally:
-        writer.join(10)
-        if writer.is_alive():
-            writer.kill()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
 
 
-def writer_main(
-    dsn: str, seed: int, first_id: int, rows: int, rate: float,
-    report: multiprocessing.connection.Connection,
-) -> None:
-    """Entry point of the source writer: ``rows`` single-row inserts at ``rate`` per second.
+def writer_main(dsn: str, seed: int, conn: multiprocessing.connection.Connection) -> None:
+    """Entry point of the source writer: for each ``(rate, first_id, rows)`` received, insert
+    ``rows`` customers one per transaction at ``rate`` per second, and send back when each
+    commit returned; ``None`` ends it.
 
     Row ``i`` is committed no earlier than ``i / rate`` seconds after the start; a writer that
     falls behind catches up rather than skipping rows.
     """
     try:
-        values = []
-        for customer_id in range(first_id, first_id + rows):
-            c = apply_data.customer(seed, customer_id)
-            values.append((
-                c.id, c.first_name, c.last_name, c.email, c.birth_date, c.owner_email,
-                c.lifecycle_stage, None, c.notes,
-            ))
-        times: array.array[float] = array.array("d")
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            started = time.monotonic()
-            for index, row in enumerate(values):
-                delay = started + index / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                conn.execute(_INSERT, row)
-                times.append(time.monotonic())
-        report.send(times)
+        with psycopg.connect(dsn, autocommit=True) as db:
+            while (command := conn.recv()) is not None:
+                rate, first_id, rows = command
+                values = []
+                for customer_id in range(first_id, first_id + rows):
+                    c = apply_data.customer(seed, customer_id)
+                    values.append((
+                        c.id, c.first_name, c.last_name, c.email, c.birth_date, c.owner_email,
+                        c.lifecycle_stage, None, c.notes,
+                    ))
+                times: array.array[float] = array.array("d")
+                started = time.monotonic()
+                for index, row in enumerate(values):
+                    delay = started + index / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    db.execute(_INSERT, row)
+                    times.append(time.monotonic())
+                conn.send(times)
     except BaseException:
         with contextlib.suppress(Exception):
-            report.send(traceback.format_exc())
+            conn.send(traceback.format_exc())
     finally:
-        report.close()
+        conn.close()
 
 
 def _latencies(
