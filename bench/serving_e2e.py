@@ -14,10 +14,10 @@ The whole pipeline on one machine, each part in a process of its own:
 * the **server**: ``serve()`` with its change feed (:class:`~bench.serving_proc.ServerGroup`);
 * the **subscribers** (:class:`~bench.serving_subs.SubscriberGroup`).
 
-One pipeline, server and set of subscribers serves every rate of a transport: the rates are written
-one after the other, lowest first, each to its own range of customer ids. Each new customer becomes
-one CREATED change whose cause names the row (``{"id": N}``), read back from the change log after
-the run, so every delivery is matched with its row's commit time.
+One pipeline and server serve every rate of a transport: the rates are written one after the
+other, lowest first, each to its own range of customer ids, each to fresh subscribers. Each new
+customer becomes one CREATED change whose cause names the row (``{"id": N}``), read back from the
+change log after the run, so every delivery is matched with its row's commit time.
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ class _Pass:
     caught_up: bool
     catch_up_s: float
     host_cpu: dict[str, float] | None
+    received: list[Received]
 
 
 def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
@@ -118,18 +119,18 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
     passes: list[_Pass] = []
     rss: dict[str, float | None] = {}
     writer = _Writer(job)
+    group: SubscriberGroup | None = None
     with ServerGroup(job.config, 1) as servers:
         per_process = -(-job.subscribers // 2)
-        group = SubscriberGroup([
+        jobs = [
             SubscribeJob(
                 servers.target, job.token, min(per_process, job.subscribers - i * per_process)
             )
             for i in range(2) if job.subscribers - i * per_process > 0
-        ])
+        ]
         try:
             started = time.monotonic()
             pipeline.start(job)
-            group.start()
             # The first change proves the whole path works (for Kafka: the group has joined).
             writer.write(rate=1.0, first_id=job.first_id, rows=1)
             _wait_for_head(job.dsn, head + 1, timeout=180.0, pipeline=pipeline)
@@ -137,6 +138,10 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
             expected_head = head + 1
             next_id = job.first_id + 1
             for rate in job.rates:
+                # Fresh subscribers for every rate: streams still behind on the previous rate's
+                # changes would make this rate's latencies theirs.
+                group = SubscriberGroup(jobs)
+                group.start()
                 rows = job.rows(rate)
                 cpu_before = host_cpu_times()
                 commit_times = writer.write(rate, next_id, rows)
@@ -148,17 +153,18 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
                 )
                 catch_up_s = time.monotonic() - written
                 time.sleep(job.drain_s)
+                host_cpu = host_cpu_shares(cpu_before, host_cpu_times())
+                if rate == job.rates[-1]:
+                    rss = {"server": _peak(servers.pids), **pipeline.peak_rss()}
                 passes.append(_Pass(
-                    rate, next_id, commit_times, caught_up, catch_up_s,
-                    host_cpu_shares(cpu_before, host_cpu_times()),
+                    rate, next_id, commit_times, caught_up, catch_up_s, host_cpu, group.stop()
                 ))
                 next_id += rows
-            rss = {"server": _peak(servers.pids), **pipeline.peak_rss()}
             measured = time.monotonic()
-            received = group.stop()
         finally:
             writer.close()
-            group.kill()
+            if group is not None:
+                group.kill()
             failure = pipeline.stop()
     if failure:
         raise RuntimeError(f"the {job.transport} pipeline failed:\n{failure}")
@@ -180,10 +186,8 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
         "stop_s": time.monotonic() - measured,
         "pipeline_stop_s": pipeline.stop_s,
         "peak_rss_mib": rss,
-        "errors": stream_errors(received),
-        "rates": {
-            f"{p.rate:g}": _latencies(job, p, row_of, received) for p in passes
-        },
+        "errors": stream_errors([r for p in passes for r in p.received]),
+        "rates": {f"{p.rate:g}": _latencies(job, p, row_of) for p in passes},
     }
 
 
@@ -503,14 +507,12 @@ def writer_main(dsn: str, seed: int, conn: multiprocessing.connection.Connection
         conn.close()
 
 
-def _latencies(
-    job: EndToEndJob, run: _Pass, row_of: dict[int, int], received: list[Received]
-) -> dict[str, Any]:
+def _latencies(job: EndToEndJob, run: _Pass, row_of: dict[int, int]) -> dict[str, Any]:
     rows = len(run.commit_times)
     first_counted = run.first_id + min(rows - 1, round(job.warmup_s * run.rate))
     end = run.first_id + rows
     latencies: list[float] = []
-    for part in received:
+    for part in run.received:
         for sequence, at in zip(part.sequences, part.times, strict=True):
             row = row_of.get(sequence)
             if row is not None and first_counted <= row < end:

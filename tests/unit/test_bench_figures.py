@@ -23,18 +23,20 @@ def test_a_missing_delivery_makes_the_tail_infinite_not_smaller() -> None:
     # Rows 101..110 were committed at t = 0.0, 0.1, ...; the first 0.2 s (rows 101, 102) are
     # warm-up. Sequence n was caused by row 100 + n.
     commits = array.array("d", [i / 10 for i in range(10)])
-    run = _Pass(10.0, 101, commits, caught_up=True, catch_up_s=0.0, host_cpu=None)
     row_of = {n: 100 + n for n in range(1, 11)}
     every_row = array.array("q", range(1, 11))
     on_time = array.array("d", [(n - 1) / 10 + 0.005 for n in range(1, 11)])
     complete = Received(every_row, on_time, {})
     one_short = Received(every_row[:-1], on_time[:-1], {})
 
-    full = _latencies(_job(), run, row_of, [complete, complete])
+    def run(*received: Received) -> _Pass:
+        return _Pass(10.0, 101, commits, True, 0.0, None, list(received))
+
+    full = _latencies(_job(), run(complete, complete), row_of)
     assert full["deliveries"] == full["deliveries_expected"] == 16
     assert math.isclose(full["commit_to_receive"]["p99_ms"], 5.0, abs_tol=1e-6)
 
-    missing = _latencies(_job(), run, row_of, [complete, one_short])
+    missing = _latencies(_job(), run(complete, one_short), row_of)
     assert missing["deliveries"] == 15
     assert missing["commit_to_receive"]["p99_ms"] == math.inf
 
