@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -50,6 +51,7 @@ log = structlog.get_logger(__name__)
 # pg_try_advisory_lock key: "unified-profile run" (two 32-bit halves of a fixed constant).
 _CLAIM_KEY = (0x75705F72, 0x756E0001)
 _FAILURE_POLL_S = 0.5
+_CLAIM_CHECK_S = 5.0
 
 
 class StoreInUse(Exception):
@@ -90,6 +92,27 @@ class StoreClaim:
                 "stop it first (one run process per store: it owns the stores' replication slots)"
             )
         self._connection = connection
+
+    def keep(self) -> None:
+        """Check the lock is still held; take it again if its connection was lost.
+
+        A store restart ends the connection and with it the lock: another ``run`` could then
+        start on the store. Called every few seconds.
+
+        Raises:
+            StoreInUse: Another process took the lock while ours was lost.
+            psycopg.OperationalError: The store is unreachable (retried by the next call).
+        """
+        connection = self._connection
+        if connection is not None and not connection.closed:
+            try:
+                connection.execute("SELECT 1")
+                return
+            except psycopg.OperationalError:
+                connection.close()
+        self._connection = None
+        self.acquire()
+        log.info("run.store_claim_retaken")
 
     def release(self) -> None:
         """Drop the lock (closing its connection)."""
@@ -230,7 +253,7 @@ async def run_all(config: ServiceConfig, store: ProfileStore, stop: asyncio.Even
         )
         server_stop = asyncio.Event()
         server = asyncio.create_task(serve(config, store, server_stop))
-        watcher = asyncio.create_task(_watch(workers, stop))
+        watcher = asyncio.create_task(_watch(workers, claim, stop))
         try:
             # The server ends by itself only when it cannot start (its error is raised below).
             await asyncio.wait({server, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -244,10 +267,21 @@ async def run_all(config: ServiceConfig, store: ProfileStore, stop: asyncio.Even
     return workers
 
 
-async def _watch(workers: Workers, stop: asyncio.Event) -> None:
+async def _watch(workers: Workers, claim: StoreClaim, stop: asyncio.Event) -> None:
+    checked = time.monotonic()
     while not stop.is_set() and not workers.failed:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), _FAILURE_POLL_S)
+        if time.monotonic() - checked >= _CLAIM_CHECK_S:
+            checked = time.monotonic()
+            try:
+                await asyncio.to_thread(claim.keep)
+            except psycopg.OperationalError as exc:
+                log.warning("run.store_claim_unreachable", error=str(exc))
+            except StoreInUse as exc:
+                # Ours was lost (a store restart) and another run took the store: stop.
+                workers.failure = exc
+                log.error("run.store_claimed_by_another", error=str(exc))
 
 
 __all__ = ["StoreClaim", "StoreInUse", "Workers", "run_all"]

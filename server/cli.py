@@ -242,6 +242,9 @@ def _run_all(args: argparse.Namespace) -> int:
         store.close()
     if failure is None:
         return EXIT_OK
+    if isinstance(failure, StoreInUse):
+        print(f"error: {failure}", file=sys.stderr)
+        return EXIT_PREFLIGHT
     # Retrying cannot fix these; the message already names the problem and its fix.
     if isinstance(failure, PreflightError | ConfigError):
         raise failure

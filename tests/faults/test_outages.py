@@ -67,8 +67,12 @@ def _under_load(
     env: dict[str, str],
     seed: int,
     outage: Callable[[], None],
+    recovered: Callable[[], None] = lambda: None,
 ) -> Subscriber:
-    """Write traffic, let ``outage`` happen, recover, drain; check nothing was lost."""
+    """Write traffic, let ``outage`` happen, recover, drain; check nothing was lost.
+
+    ``recovered`` runs once the service caught up, before it is stopped.
+    """
     writer = sources.writer(seed, rate=25)
     subscriber = Subscriber(deployment.target)
     pid = service.process.pid
@@ -92,6 +96,7 @@ def _under_load(
         # Reads are served again too.
         with ProfileClient(deployment.target, token=TOKEN, timeout=20) as client:
             assert client.lookup("email", "sally.smith@example.com").loyalty.tier
+        recovered()
         assert service.process.pid == pid and service.died() is None
         assert service.stop() == 0, service.log_tail()
     finally:
@@ -145,7 +150,17 @@ def test_store_postgres_restarted_while_running(
         time.sleep(5)
         own_postgres.start()
 
-    _under_load(service, deployment, demo_sources, store_dsn, env, seed, restart_store)
+    def still_the_only_run() -> None:
+        # The restart ended the connection holding the store's lock; the service took it again,
+        # so a second run on the store is still refused.
+        wait_for(lambda: service.log_events("run.store_claim_retaken"), "the claim retaken",
+                 died=[service.died])
+        second = RunProcess(deployment, env, tmp_path / "second.log")
+        assert second.process.wait(120) == 3, second.log_tail()
+        assert "another unified-profile run is using this profile store" in second.log_tail()
+
+    _under_load(service, deployment, demo_sources, store_dsn, env, seed, restart_store,
+                still_the_only_run)
     retry = _retries(service, "engine.")[0]
     assert retry["level"] == "warning" and retry["error"]
 
