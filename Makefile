@@ -18,7 +18,7 @@ help:
 	@echo "make node-deps  install the Node.js client's dependencies (npm ci; make test does it)"
 	@echo "make protos     regenerate the client's protobuf/gRPC modules from protos/"
 	@echo "make bench      the benchmark suite: capture, apply, reads, fan-out, end to end, growth;"
-	@echo "                each figure next to its baseline (writes bench/results/, ~32 min)"
+	@echo "                each figure next to its baseline (writes bench/results/, ~30 min)"
 	@echo "make bench-quick the same, small (a smoke run, about 3 minutes)"
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml

@@ -50,7 +50,7 @@ class EndToEndSizes:
         if quick:
             return cls(
                 profiles=2_000, rates=(100.0, 500.0, 1_000.0), seconds=1.5, warmup_s=0.5,
-                catch_up_s=3.0, subscribers=100, drain_s=1.0,
+                catch_up_s=3.0, subscribers=100, drain_s=2.0,
             )
         return cls(
             profiles=10_000, rates=(100.0, 500.0, 1_000.0), seconds=60.0, warmup_s=2.0,
