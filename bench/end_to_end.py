@@ -64,8 +64,7 @@ def run(ctx: Context, sizes: EndToEndSizes | None = None) -> ScenarioResult:
     admin = make_conninfo(ctx.services.dsn, dbname="postgres")
     measured: dict[str, Any] = {}
     preloads: dict[str, Any] = {}
-    # Each transport gets a database of its own, in the same starting state: a server started
-    # on a store that has just taken thousands of changes was measured delivering late.
+    # Each transport gets a database of its own, so that both start from the same state.
     for transport in TRANSPORTS:
         database = f"up_bench_{ctx.run_id}_e2e_{transport}"
         create_database(admin, database)
