@@ -37,12 +37,11 @@ from .profile_reads import (
     ChangeEntry,
     change_entry,
     live_records,
-    override_key_text,
     resolve_profile,
     set_statement_timeout,
     store_error,
 )
-from .rows import ChangeRow, StoredProfile
+from .rows import ChangeRow, StoredProfile, key_text
 from .store_batch import StoreBatch
 
 _MAX_SPLIT_DEPTH = 20
@@ -208,7 +207,7 @@ def erase_records(
                 tuple_(ri.source, ri.table_name, ri.record_key).in_(keys)
             )
         )
-        texts = [override_key_text(r.key) for r in records]
+        texts = [key_text(r.key) for r in records]
         lo = t.link_overrides.c
         c.execute(
             delete(t.link_overrides).where(or_(lo.record_a.in_(texts), lo.record_b.in_(texts)))

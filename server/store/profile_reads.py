@@ -9,7 +9,6 @@ Erasure (ForgetProfile) is in :mod:`.erasure`, which shares this module's helper
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from sqlalchemy.exc import DBAPIError
 from ..engine.records import Identifier, RecordKey, SourceRecord
 from . import schema as t
 from .profile_store import ProfileStore, StoreBatch, StoredProfile, StoreError
+from .rows import key_text, parse_key_text
 
 _QUERY_CANCELED = "57014"
 _MAX_NEIGHBOURS = 5_000
@@ -407,16 +407,10 @@ def _neighbours(
     return [r for r in found if r.key not in own]
 
 
-def override_key_text(key: RecordKey) -> str:
-    """A record key as ``up_link_overrides`` stores it."""
-    # The form profile_store keeps overrides in (a JSON array).
-    return json.dumps([key.source, key.table, key.key], separators=(",", ":"))
-
-
 def _overrides(c: Connection, keys: Collection[RecordKey]) -> list[tuple[str, RecordKey, RecordKey]]:
     if not keys:
         return []
-    texts = [override_key_text(k) for k in keys]
+    texts = [key_text(k) for k in keys]
     lo = t.link_overrides.c
     rows = c.execute(
         select(lo.kind, lo.record_a, lo.record_b).where(
@@ -424,7 +418,7 @@ def _overrides(c: Connection, keys: Collection[RecordKey]) -> list[tuple[str, Re
         )
     ).all()
     return [
-        (kind, RecordKey(*json.loads(a)), RecordKey(*json.loads(b))) for kind, a, b in rows
+        (kind, parse_key_text(a), parse_key_text(b)) for kind, a, b in rows
     ]
 
 
