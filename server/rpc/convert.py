@@ -38,7 +38,7 @@ _RELATED_KEYS = ("merged", "split_into", "split_from")
 
 
 class ChangeLike(Protocol):
-    """A change-log entry: :class:`~..store.profile_reads.ChangeEntry` or ``LoggedChange``."""
+    """A change-log entry: :class:`~..store.rows.LoggedChange`."""
 
     @property
     def sequence(self) -> int: ...

@@ -29,12 +29,12 @@ from ..engine.survivorship import RuleSet
 from ..ingest.applier import ProfileApplier
 from ..ingest.steward import set_link_override
 from ..store.profile_reads import (
-    ChangeEntry,
     ProfileNotFound,
     ProfileReads,
     SequenceRecordingStore,
 )
 from ..store.profile_store import ProfileStore, StoredProfile
+from ..store.rows import LoggedChange
 from .convert import record_name
 from .errors import FailedPrecondition, InvalidArgument
 
@@ -57,7 +57,7 @@ class StewardOps:
 
     def merge(
         self, first: str, second: str, actor: str, reason: str, timeout_s: float | None
-    ) -> tuple[StoredProfile, list[ChangeEntry]]:
+    ) -> tuple[StoredProfile, list[LoggedChange]]:
         """Force two profiles together; return the survivor and the changes.
 
         Raises:
@@ -101,7 +101,7 @@ class StewardOps:
 
     def unmerge(
         self, profile_id: str, record: RecordKey, actor: str, reason: str, timeout_s: float | None
-    ) -> list[ChangeEntry]:
+    ) -> list[LoggedChange]:
         """Separate ``record`` from the rest of its profile; return the changes.
 
         Raises:
@@ -134,9 +134,9 @@ class StewardOps:
         )
         return entries
 
-    def _entries(self, heads: Sequence[int], counts: Sequence[int]) -> list[ChangeEntry]:
+    def _entries(self, heads: Sequence[int], counts: Sequence[int]) -> list[LoggedChange]:
         # Each steward batch appended its rows right after the head it locked.
-        entries: list[ChangeEntry] = []
+        entries: list[LoggedChange] = []
         for head, count in zip(heads, counts, strict=True):
             if count:
                 entries += self._reads.changes_between(head + 1, head + count)

@@ -34,14 +34,12 @@ from sqlalchemy.exc import DBAPIError
 from ..engine.records import RecordKey, SourceRecord, canonical_json
 from . import schema as t
 from .profile_reads import (
-    ChangeEntry,
-    change_entry,
     live_records,
     resolve_profile,
     set_statement_timeout,
     store_error,
 )
-from .rows import ChangeRow, StoredProfile, key_text
+from .rows import ChangeRow, LoggedChange, StoredProfile, change_entry, key_text
 from .store_batch import StoreBatch
 
 _MAX_SPLIT_DEPTH = 20
@@ -50,7 +48,7 @@ _DROPPED_CAUSE_KEYS = ("key", "reason")
 
 def forget_profile(
     engine: Engine, profile_id: str, actor: str, reason: str, timeout_s: float | None = None
-) -> ChangeEntry:
+) -> LoggedChange:
     """Erase a profile (see the module docstring); return the DELETED change.
 
     Raises:

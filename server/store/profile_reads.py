@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -31,7 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from ..engine.records import Identifier, RecordKey, SourceRecord
 from . import schema as t
 from .profile_store import ProfileStore, StoreBatch, StoredProfile, StoreError
-from .rows import key_text, parse_key_text
+from .rows import LoggedChange, change_entry, key_text, parse_key_text
 
 _QUERY_CANCELED = "57014"
 _MAX_NEIGHBOURS = 5_000
@@ -54,24 +53,11 @@ class ResolvedProfile:
 
 
 @dataclass(frozen=True, slots=True)
-class ChangeEntry:
-    """One change-log entry with the time it was committed to the log."""
-
-    sequence: int
-    profile_id: str
-    kind: str
-    changes: dict[str, Any]
-    related: dict[str, Any]
-    cause: list[dict[str, Any]]
-    committed_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
 class HistoryPage:
     """Change-log entries of a profile and the profiles merged into it, oldest first."""
 
     profile_id: str
-    entries: list[ChangeEntry]
+    entries: list[LoggedChange]
     more: bool
 
 
@@ -226,7 +212,7 @@ class ProfileReads:
 
     def changes_between(
         self, first: int, last: int, timeout_s: float | None = None
-    ) -> list[ChangeEntry]:
+    ) -> list[LoggedChange]:
         """The change-log entries ``first..last`` (inclusive), in order."""
         if last < first:
             return []
@@ -330,14 +316,6 @@ def _profile(row: Any) -> StoredProfile:
     )
 
 
-def change_entry(row: Any) -> ChangeEntry:
-    """A ``up_change_log`` row as a :class:`ChangeEntry`."""
-    return ChangeEntry(
-        row.sequence, row.profile_id, row.kind, row.changes, row.related, row.cause,
-        row.committed_at,
-    )
-
-
 def resolve_profile(c: Connection, profile_id: str) -> ResolvedProfile:
     """The profile named by an id or alias.
 
@@ -434,7 +412,6 @@ def _row_count(c: Connection, table: Any) -> int:
 
 
 __all__ = [
-    "ChangeEntry",
     "ExplainInputs",
     "HistoryPage",
     "PipelineCounts",

@@ -30,6 +30,7 @@ from .rows import (
     LoggedChange,
     StoredProfile,
     StoredRecord,
+    change_entry,
     load_profiles,
     stored_record,
 )
@@ -132,12 +133,7 @@ class ProfileStore:
                 .order_by(t.change_log.c.sequence)
                 .limit(limit)
             ).all()
-        return [
-            LoggedChange(
-                r.sequence, r.profile_id, r.kind, r.changes, r.related, r.cause, r.committed_at
-            )
-            for r in rows
-        ]
+        return [change_entry(r) for r in rows]
 
     def head_sequence(self) -> int:
         """The newest change-log sequence (0 when empty)."""

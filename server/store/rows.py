@@ -57,6 +57,14 @@ class LoggedChange:
     committed_at: datetime | None = None
 
 
+def change_entry(row: Any) -> LoggedChange:
+    """An ``up_change_log`` row as a :class:`LoggedChange`."""
+    return LoggedChange(
+        row.sequence, row.profile_id, row.kind, row.changes, row.related, row.cause,
+        row.committed_at,
+    )
+
+
 def load_profiles(connection: Connection, profile_ids: list[str]) -> dict[str, StoredProfile]:
     """Profile rows by id (aliases are not followed)."""
     if not profile_ids:
