@@ -17,8 +17,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,29 +30,11 @@ from unified_profile.server.demo.simulator import Simulator
 from unified_profile.server.devstack import pick_free_port
 from unified_profile.v1 import profile_pb2
 
+from ..waiting import wait_for
+
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 TOKEN = "fault-suite-token-0123456789"
 SOURCES = ("crm", "loyalty")
-
-
-def wait_for(
-    condition: Callable[[], Any],
-    what: str,
-    timeout: float = 120.0,
-    died: Sequence[Callable[[], str | None]] = (),
-    interval: float = 0.2,
-) -> Any:
-    """Poll ``condition`` until it is truthy; fail naming ``what`` (or why a process died)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        for check in died:
-            problem = check()
-            assert problem is None, f"while waiting for {what}: {problem}"
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
-        time.sleep(interval)
 
 
 # --- the demo's source databases -------------------------------------------------------------

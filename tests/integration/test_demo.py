@@ -12,7 +12,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -22,20 +22,15 @@ from unified_profile_client import ProfileClient, ProfileServiceError, StatusCod
 from unified_profile.server.demo import Match, generate_population
 from unified_profile.server.devstack import pick_free_port
 
+from ..waiting import wait_for as _wait_for
+
+# The demo seeds and snapshots its population before anything shows: allow longer waits.
+wait_for = partial(_wait_for, timeout=180.0)
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 PEOPLE, SEED = 300, 7
 CHANGE_LINE = re.compile(r"^#(\d+) (CREATED|UPDATED|MERGED|SPLIT|DELETED) .*?\[(p_[0-9a-f]+)\]")
-
-
-def _wait_for(condition, timeout: float = 180.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 def _start_demo(data_dir: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -115,7 +110,7 @@ def test_demo_seeds_merges_streams_and_stops_cleanly_twice(tmp_path):
     population = generate_population(PEOPLE, SEED)
     demo = _start_demo(data_dir, out)
     try:
-        state = _wait_for(
+        state = wait_for(
             lambda: (
                 (data_dir / "demo.json").exists()
                 and json.loads((data_dir / "demo.json").read_text())
@@ -134,7 +129,7 @@ def test_demo_seeds_merges_streams_and_stops_cleanly_twice(tmp_path):
         ][:3]
         assert misspelt, "the seed has linked people with typos"
         for person in misspelt:
-            profile = _wait_for(
+            profile = wait_for(
                 lambda p=person: (
                     (found := _lookup(client, "crm_id", str(p.crm_id)))
                     and found.loyalty.member_id == p.member_id
@@ -150,7 +145,7 @@ def test_demo_seeds_merges_streams_and_stops_cleanly_twice(tmp_path):
         # No link: the same email up to case and spaces, or the same phone under another email.
         for match in (Match.EMAIL, Match.PHONE):
             for person in population.with_match(match)[:3]:
-                _wait_for(
+                wait_for(
                     lambda p=person: (
                         (found := _lookup(client, "loyalty_id", p.member_id))
                         and found.crm.customer_id == str(p.crm_id)
@@ -161,7 +156,7 @@ def test_demo_seeds_merges_streams_and_stops_cleanly_twice(tmp_path):
         # Households: two CRM customers sharing an email stay two people; the email is ambiguous.
         for pair in list(population.households().values())[:3]:
             first, second = (
-                _wait_for(
+                wait_for(
                     lambda p=p: _lookup(client, "crm_id", str(p.crm_id)), what=f"{p.full_name}"
                 )
                 for p in pair
@@ -174,7 +169,7 @@ def test_demo_seeds_merges_streams_and_stops_cleanly_twice(tmp_path):
 
         # People in one system only.
         for person in population.with_match(Match.LOYALTY_ONLY)[:3]:
-            found = _wait_for(
+            found = wait_for(
                 lambda p=person: _lookup(client, "loyalty_id", p.member_id),
                 what=f"{person.full_name}'s profile",
             )
@@ -186,7 +181,7 @@ def test_demo_seeds_merges_streams_and_stops_cleanly_twice(tmp_path):
                 "UPDATE loyalty.members SET tier_code = 'PLT', updated_at = now()"
                 " WHERE member_id = 'LM-000101'"
             )
-        _wait_for(
+        wait_for(
             lambda: re.search(
                 r'^#\d+ UPDATED Sally Smith \[p_\w+\] .*loyalty\.tier: "\w+" → "platinum" \(loyalty\)',
                 out.read_text(),
@@ -196,7 +191,7 @@ def test_demo_seeds_merges_streams_and_stops_cleanly_twice(tmp_path):
         )
         # The simulator's traffic flows too: activities of several kinds changed profiles.
         with psycopg.connect(state["dsns"]["store"]) as conn:
-            _wait_for(
+            wait_for(
                 lambda: (
                     conn.execute(
                         "SELECT count(DISTINCT c->>'table') FROM up_change_log,"
@@ -213,13 +208,13 @@ def test_demo_seeds_merges_streams_and_stops_cleanly_twice(tmp_path):
         head = log[-1][0]
         assert [row[0] for row in log] == list(range(1, head + 1))
         # Every change up to that head reached the view, once each, in order, as logged.
-        printed = _wait_for(
+        printed = wait_for(
             lambda: (p := _changes_printed(out)) and p[-1][0] >= head and p,
             what=f"the view to print change #{head}",
         )
         assert [seq for seq, _, _ in printed] == list(range(1, len(printed) + 1))
         assert printed[:head] == [tuple(row) for row in log]
-        _wait_for(
+        wait_for(
             lambda: re.search(
                 r"^summary: profiles [1-9][\d,]* │ merges [\d,]+ │ [\d.,]+ changes/s │ lag [\d,]+ ms",
                 out.read_text(),
@@ -243,7 +238,7 @@ def test_demo_seeds_merges_streams_and_stops_cleanly_twice(tmp_path):
     out = tmp_path / "second.txt"
     demo = _start_demo(data_dir, out)
     try:
-        _wait_for(
+        wait_for(
             lambda: re.search(r"^#1 CREATED ", out.read_text(), re.MULTILINE),
             what="the second run's first change",
         )

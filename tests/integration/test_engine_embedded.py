@@ -7,7 +7,6 @@ columns, composite name columns, a jsonb array of extra emails, soft deletes).
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import psycopg
@@ -23,17 +22,11 @@ from unified_profile.server.ingest.service import build_pipeline, open_store
 from unified_profile.server.store import migrate
 from unified_profile.server.store.profile_store import StoreOffsetStore
 
+from ..waiting import wait_for
+
 pytestmark = pytest.mark.integration
 
 ACME = Path(__file__).resolve().parents[2] / "examples" / "acme"
-
-
-def _wait_for(condition, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return result
 
 
 def test_acme_crm_through_the_embedded_transport(new_database, unique_name, monkeypatch):
@@ -68,7 +61,7 @@ def test_acme_crm_through_the_embedded_transport(new_database, unique_name, monk
                     found[fields["person.full_name"]] = (profile, fields)
             return found if len(found) == 3 else None
 
-        found = _wait_for(people, what="three acme people")
+        found = wait_for(people, what="three acme people")
         assert set(found) == {"Sally Smith", "Raj Mehta", "Kim"}   # Eve is soft-deleted
         raj_profile, raj = found["Raj Mehta"]
         assert raj["person.birth_date"] == "1990-02-28"           # from the jsonb custom fields
@@ -84,7 +77,7 @@ def test_acme_crm_through_the_embedded_transport(new_database, unique_name, monk
         with psycopg.connect(source_dsn, autocommit=True) as conn:
             conn.execute('UPDATE "workspace_7f3a"."person" SET "nameFirstName" = \'Rajesh\', '
                          '"updatedAt" = now() WHERE "nameFirstName" = \'Raj\'')
-        (change,) = _wait_for(lambda: [c for c in store.read_changes_after(head)
+        (change,) = wait_for(lambda: [c for c in store.read_changes_after(head)
                                        if "person.given_name" in c.changes], what="the rename")
         assert change.profile_id == raj_profile.profile_id
         assert change.changes["person.given_name"] == {"old": "Raj", "new": "Rajesh"}

@@ -42,6 +42,8 @@ from unified_profile.server.ingest.service import build_pipeline, open_store, ru
 from unified_profile.server.store import migrate
 from unified_profile.server.store.profile_store import ProfileStore
 
+from ..waiting import wait_for
+
 pytestmark = pytest.mark.integration
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
@@ -163,7 +165,7 @@ class Demo:
         self.capture = capture = CaptureService(config.capture, config.capture.sources)
         capture.start()
         for name in self.source_names.values():
-            connector = _wait_for(lambda n=name: capture.connectors.get(n), f"connector {name}")
+            connector = wait_for(lambda n=name: capture.connectors.get(n), f"connector {name}")
             assert connector.ready.wait(60), f"connector {name} did not start streaming"
 
     def stop_capture(self) -> None:
@@ -409,25 +411,6 @@ class EngineThread:
         self.store.close()
 
 
-def _wait_for(
-    condition: Callable[[], Any],
-    what: str,
-    timeout: float = 60,
-    died: Sequence[Callable[[], str | None]] = (),
-    interval: float = 0.1,
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        for check in died:
-            problem = check()
-            assert problem is None, f"while waiting for {what}: {problem}"
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
-        time.sleep(interval)
-
-
 def _last_offsets(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
     """Stream name → offset of the partition's last record, for every non-empty partition.
 
@@ -439,7 +422,7 @@ def _last_offsets(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
     try:
         partitions = []
         for topic in topics:
-            ids = _wait_for(lambda t=topic: consumer.partitions_for_topic(t), f"topic {topic}")
+            ids = wait_for(lambda t=topic: consumer.partitions_for_topic(t), f"topic {topic}")
             partitions += [TopicPartition(topic, p) for p in ids]
         at_least = {tp: end - 1 for tp, end in consumer.end_offsets(partitions).items()}
         consumer.assign(partitions)
@@ -613,12 +596,12 @@ def test_engine_sigkilled_mid_batch_and_restarted_ends_as_an_uninterrupted_run(
                 # This run commits at least one batch of its own, works a random while, and is
                 # killed the moment it is seen inside a batch transaction.
                 committed = sum(store.load_positions(group).values())
-                _wait_for(
+                wait_for(
                     lambda c=committed: sum(store.load_positions(group).values()) > c,
                     "the engine to commit a batch", died=[engine.died, reference.died],
                 )
                 time.sleep(rng.uniform(0.0, 0.6))
-                _wait_for(
+                wait_for(
                     lambda: _in_batch(monitor), "the engine inside a batch",
                     died=[engine.died], timeout=30, interval=0.002,
                 )
@@ -682,13 +665,13 @@ def test_two_engine_workers_in_one_group_end_as_a_single_engine(
     reference = EngineThread(load_service_config(reference_config))
     try:
         # The second worker joins while the first is applying: the group rebalances mid-stream.
-        _wait_for(lambda: store.load_positions(group), "the first worker to commit a batch",
+        wait_for(lambda: store.load_positions(group), "the first worker to commit a batch",
                   died=[first.died])
         second = EngineProcess(pair_config, demo.tmp / "worker-2.log")
         joined = second
         traffic.run(100, pace_s=0.005)
         # On a loaded machine the join can take a while: wait for it rather than assume it.
-        _wait_for(
+        wait_for(
             lambda: any(e["partitions"] for e in joined.log_events("kafka.partitions_assigned")),
             "the second worker to be given partitions",
             timeout=120,
@@ -769,7 +752,7 @@ def test_undecodable_and_unmapped_events_become_dead_letters_between_applied_eve
     producer = KafkaProducer(bootstrap_servers=demo.bootstrap, acks="all")
     try:
         # Valid events before: the snapshot of Tom Brown (CRM customer 2) and everyone else.
-        _wait_for(lambda: (tom := _person(engine.store, "Tom Brown")) and tom.get("loyalty.tier"),
+        wait_for(lambda: (tom := _person(engine.store, "Tom Brown")) and tom.get("loyalty.tier"),
                   "the demo snapshot", died=[engine.died])
         head = engine.store.head_sequence()
 
@@ -799,7 +782,7 @@ def test_undecodable_and_unmapped_events_become_dead_letters_between_applied_eve
                          "updated_at = now() WHERE id = 2")
             conn.execute("UPDATE loyalty.members SET tier_code = 'PLT', updated_at = now() "
                          "WHERE member_id = 'LM-000101'")
-        _wait_for(
+        wait_for(
             lambda: (
                 (tom := _person(engine.store, "Tom Brown"))
                 and tom.get("crm.lifecycle_stage") == "customer"
@@ -807,7 +790,7 @@ def test_undecodable_and_unmapped_events_become_dead_letters_between_applied_eve
             ),
             "the updates after the bad events", died=[engine.died],
         )
-        dead = _wait_for(lambda: (d := engine.store.dead_letters()) and len(d) >= len(bad) and d,
+        dead = wait_for(lambda: (d := engine.store.dead_letters()) and len(d) >= len(bad) and d,
                          "the dead letters", died=[engine.died])
         updates = engine.store.read_changes_after(head)
         assert engine.died() is None
@@ -901,7 +884,7 @@ def test_an_event_that_decodes_but_cannot_be_applied_is_a_dead_letter_not_a_stal
 
     engine = EngineThread(config)
     try:
-        _wait_for(
+        wait_for(
             lambda: {p.get("crm.customer_id") for p in map(_values, engine.store.all_profiles().values())}
             >= {"9001", "9003"} and engine.store.dead_letters(),
             "the valid events applied and the bad one dead-lettered", died=[engine.died],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import psycopg
@@ -14,6 +13,8 @@ from unified_profile.server.capture import CaptureService
 from unified_profile.server.config import ServiceConfig, parse_service_config
 from unified_profile.server.ingest.service import open_store, run_kafka_engine
 from unified_profile.server.store import migrate
+
+from ..waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -41,16 +42,6 @@ def _profiles(store) -> dict[str, dict[str, object]]:
         pid: {path: f["value"] for path, f in p.fields.items()}
         for pid, p in store.all_profiles().items()
     }
-
-
-def _wait_for(condition, timeout: float = 90.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 def _by_name(profiles: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
@@ -82,7 +73,7 @@ def test_demo_people_become_the_right_profiles_and_live_changes_follow(
     capture.start()
     engine.start()
     try:
-        profiles = _wait_for(
+        profiles = wait_for(
             lambda: (
                 (p := _profiles(store))
                 and len(p) == 8
@@ -118,7 +109,7 @@ def test_demo_people_become_the_right_profiles_and_live_changes_follow(
                 "UPDATE loyalty.members SET tier_code = 'PLT', points_balance = 20500, "
                 "updated_at = now() WHERE member_id = 'LM-000101'"
             )
-        changes = _wait_for(
+        changes = wait_for(
             lambda: [c for c in store.read_changes_after(head) if "loyalty.tier" in c.changes],
             what="the tier upgrade",
         )

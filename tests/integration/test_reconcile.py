@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import psycopg
@@ -18,6 +17,8 @@ from unified_profile.server.ingest.consumers import EmbeddedIngest
 from unified_profile.server.ingest.service import build_pipeline, open_store
 from unified_profile.server.store import migrate
 from unified_profile.server.store.profile_store import ProfileStore, StoreOffsetStore
+
+from ..waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -64,10 +65,7 @@ def demo(new_database, unique_name, tmp_path, monkeypatch):
     for thread in threads:
         thread.start()
     try:
-        deadline = time.monotonic() + 90
-        while not _sally_merged(store):
-            assert time.monotonic() < deadline, "the demo people never reached the store"
-            time.sleep(0.3)
+        wait_for(lambda: _sally_merged(store), "the demo people to reach the store")
     finally:
         stop.set()
         for thread in threads:

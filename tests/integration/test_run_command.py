@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from unified_profile.server.devstack import pick_free_port
 from unified_profile.v1 import profile_service_pb2 as pb
 
+from ..waiting import wait_for
 from .rpc_support import bearer, stub_for
 
 pytestmark = pytest.mark.integration
@@ -63,16 +63,6 @@ def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def _wait_for(condition, timeout: float = 90.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-
-
 def test_run_captures_applies_serves_and_stops_cleanly(new_database, unique_name, tmp_path):
     source_dsn = new_database("run_src")
     store_dsn = new_database("run_store")  # not migrated: run migrates it
@@ -109,7 +99,7 @@ def test_run_captures_applies_serves_and_stops_cleanly(new_database, unique_name
                 return None
 
         # Sally is in both systems: the CRM's name, the loyalty platform's tier, one profile.
-        sally = _wait_for(
+        sally = wait_for(
             lambda: (found := lookup("sally.smith@example.com"))
             and found.profile.loyalty.tier
             and found,
@@ -124,7 +114,7 @@ def test_run_captures_applies_serves_and_stops_cleanly(new_database, unique_name
                 "UPDATE loyalty.members SET tier_code = 'PLT', updated_at = now()"
                 " WHERE member_id = 'LM-000101'"
             )
-        _wait_for(
+        wait_for(
             lambda: lookup("sally.smith@example.com").profile.loyalty.tier
             == "platinum",
             what="the tier upgrade to be served",
