@@ -349,10 +349,8 @@ def test_non_ascii_is_written_as_utf8(builder: TableEventBuilder) -> None:
 # --- decoding our own events ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("schemas_enable", [False, True])
-def test_a_decoded_event_encodes_back_to_bytes_that_decode_the_same(
-    builder: TableEventBuilder, schemas_enable: bool
-) -> None:
+def _life_of_a_row(builder: TableEventBuilder) -> tuple[Any, Any, list[Any]]:
+    """Insert, update, delete, tombstone and truncate of one row: (old row, new row, events)."""
     old = builder.row(("1", "Anne", "10.00", None, None))
     new = builder.row(ROW_TEXT)
     events = [
@@ -362,6 +360,14 @@ def test_a_decoded_event_encodes_back_to_bytes_that_decode_the_same(
     ]
     events.append(builder.tombstone(events[-1]))
     events.append(builder.truncate(SOURCE, NOW_US))
+    return old, new, events
+
+
+@pytest.mark.parametrize("schemas_enable", [False, True])
+def test_a_decoded_event_encodes_back_to_bytes_that_decode_the_same(
+    builder: TableEventBuilder, schemas_enable: bool
+) -> None:
+    _, _, events = _life_of_a_row(builder)
     for event in events:
         decoded = decode_event(event.topic, *serialize(event, schemas_enable))
         assert decode_event(event.topic, *encode_decoded(decoded)) == decoded
