@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from unified_profile.server.demo.simulator import Simulator
 from unified_profile.server.devstack import pick_free_port
 from unified_profile.v1 import profile_pb2
 
+from ..command_process import CommandProcess
 from ..waiting import wait_for
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
@@ -169,66 +169,15 @@ def service_env(store_dsn: str, sources: DemoSources) -> dict[str, str]:
 # --- the service as a process --------------------------------------------------------------
 
 
-class RunProcess:
+class RunProcess(CommandProcess):
     """``unified-profile run`` as a child process; its JSON log lines appended to ``log``."""
 
     def __init__(self, deployment: Deployment, env: dict[str, str], log: Path) -> None:
         self.deployment = deployment
-        self.env = env
-        self.log = log
-        self.kills = 0
-        self.process = self._spawn()
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        with self.log.open("ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "unified_profile.server.cli", "--log-format", "json",
-                 "--log-level", os.environ.get("UP_FAULT_LOG_LEVEL", "info"),
-                 "run", "--config", str(self.deployment.config)],
-                env=self.env,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-
-    def kill(self) -> None:
-        """SIGKILL: no handler runs, nothing is flushed, connections drop mid-transaction."""
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(30)
-        self.kills += 1
-
-    def restart(self) -> None:
-        assert self.process.poll() is not None
-        self.process = self._spawn()
-
-    def stop(self) -> int:
-        """SIGTERM; the service finishes what it was handed and exits (killed after 90 s)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(90)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(30)
-        return self.process.returncode
-
-    def died(self) -> str | None:
-        if self.process.poll() is None:
-            return None
-        return f"run exited with {self.process.returncode}:\n{self.log_tail()}"
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def log_events(self, *events: str) -> list[dict[str, Any]]:
-        found = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and entry.get("event") in events:
-                found.append(entry)
-        return found
+        level = os.environ.get("UP_FAULT_LOG_LEVEL", "info")
+        super().__init__(
+            ["--log-level", level, "run", "--config", str(deployment.config)], env, log, "run"
+        )
 
 
 # --- a subscriber across crashes -------------------------------------------------------------

@@ -17,9 +17,6 @@ import copy
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 import tomllib
@@ -42,6 +39,7 @@ from unified_profile.server.ingest.service import build_pipeline, open_store, ru
 from unified_profile.server.store import migrate
 from unified_profile.server.store.profile_store import ProfileStore
 
+from ..command_process import CommandProcess
 from ..waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -321,60 +319,15 @@ class Traffic:
 # --- engines ----------------------------------------------------------------------------------
 
 
-class EngineProcess:
+class EngineProcess(CommandProcess):
     """``unified-profile engine --config FILE`` as a child process, its log appended to a file."""
 
     def __init__(self, config: Path, log: Path) -> None:
         self.config = config
-        self.log = log
-        self.process = self._spawn()
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        with self.log.open("ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "unified_profile.server.cli", "--log-format", "json",
-                 "engine", "--config", str(self.config)],
-                env=dict(os.environ),
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def restart(self) -> None:
-        self.process = self._spawn()
-
-    def stop(self) -> int:
-        """SIGTERM; the engine finishes its batch and exits (killed after 30 s)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
-
-    def died(self) -> str | None:
-        if self.process.poll() is None:
-            return None
-        return f"engine process exited with {self.process.returncode}:\n{self.log_tail()}"
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def log_events(self, event: str) -> list[dict[str, Any]]:
-        found = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and entry.get("event") == event:
-                found.append(entry)
-        return found
+        super().__init__(
+            ["engine", "--config", str(config)], dict(os.environ), log, "engine process",
+            stop_timeout=30.0,
+        )
 
 
 class EngineThread:
