@@ -573,11 +573,21 @@ def test_the_listener_reconnects_after_losing_its_connection(store_dsn):
                     "WHERE datname = current_database() AND query ILIKE 'LISTEN%'"
                 ).fetchall()
             assert killed == [(True,)]
-            await asyncio.sleep(1.0)  # reconnected (backoff 0.1 s)
-            sent = time.monotonic()
+
+            def listening() -> bool:
+                with psycopg.connect(store_dsn, autocommit=True) as conn:
+                    row = conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND query ILIKE 'LISTEN%'"
+                    ).fetchone()
+                return bool(row and row[0])
+
+            async with asyncio.timeout(30):
+                while not await asyncio.to_thread(listening):
+                    await asyncio.sleep(0.1)
             await h.append(change())
+            # Delivered well within the 60 s poll interval: by the reconnected listener.
             assert [c.sequence for c in await read_changes(call, 1, timeout=5)] == [2]
-            assert time.monotonic() - sent < 2.0  # a notification, not the 60 s poll
             call.cancel()
     run(scenario)
 
