@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from ..engine.records import Identifier, RecordKey, SourceRecord
 from . import schema as t
 from .profile_store import ProfileStore, StoreBatch, StoredProfile, StoreError
-from .rows import LoggedChange, change_entry, key_text, parse_key_text
+from .rows import LoggedChange, change_entry, key_text, parse_key_text, stored_record
 
 _QUERY_CANCELED = "57014"
 _MAX_NEIGHBOURS = 5_000
@@ -346,18 +346,7 @@ def live_records(c: Connection, condition: Any, limit: int | None = None) -> lis
     )
     if limit is not None:
         query = query.limit(limit)
-    return [
-        SourceRecord(
-            key=RecordKey(r.source, r.table_name, r.record_key),
-            fields=r.fields,
-            identifiers=frozenset(Identifier(typ, value) for typ, value in r.identifiers),
-            version=r.version,
-            commit_time_us=r.commit_time_us,
-            position=r.position,
-            deleted=r.deleted,
-        )
-        for r in c.execute(query)
-    ]
+    return [stored_record(r).record for r in c.execute(query)]
 
 
 def _neighbours(
