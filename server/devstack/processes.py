@@ -92,17 +92,32 @@ def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     return tail or f"<{path} is empty>"
 
 
+def _other_threads_running() -> bool:
+    """Whether this process has any thread but the calling one (Python's or a library's own).
+
+    A ``preexec_fn`` makes the child run Python after ``fork``, which is unsafe while other
+    threads exist (a lock one of them held stays held in the child). Then the hook is left
+    out and the ``atexit`` handlers are the only safety net. (gRPC's own at-fork handlers,
+    which crashed such children, are turned off in ``unified_profile.server``.)
+    """
+    try:
+        return len(os.listdir("/proc/self/task")) > 1
+    except OSError:
+        return True
+
+
 def _parent_death_hook(sig: int) -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the child receive ``sig`` when this process dies.
 
     Linux only (``prctl(PR_SET_PDEATHSIG)``). The kernel sends the signal when the *thread*
-    that forked the child exits, so the hook is only used from the main thread; elsewhere
-    the ``atexit`` handlers are the only safety net. It runs after the child switched user,
+    that forked the child exits, so the hook is only used from the main thread, and only
+    while no other thread runs (see :func:`_other_threads_running`); otherwise the ``atexit``
+    handlers are the only safety net. It runs after the child switched user,
     which matters: changing credentials clears the setting.
     """
     if not sys.platform.startswith("linux"):
         return None
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or _other_threads_running():
         return None
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
