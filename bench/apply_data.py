@@ -68,20 +68,33 @@ class SourceNames:
 
 
 def engine_config(
-    dsn: str, bootstrap_servers: str, names: SourceNames, group_id: str, offsets_topic: str
+    dsn: str,
+    bootstrap_servers: str,
+    names: SourceNames,
+    group_id: str,
+    offsets_topic: str,
+    *,
+    source_dsns: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The demo config (as parsed TOML) for the bench: store and sources on ``dsn``, Kafka transport.
+    """The demo config (as parsed TOML) for the bench: the store on ``dsn``, Kafka transport.
 
-    Only ``crm.customers`` and ``loyalty.members`` are kept; ``[identity]``, ``[rules]`` and
-    ``[engine]`` are the demo's, with the sources renamed in every rule's ``order``.
+    ``[identity]``, ``[rules]`` and ``[engine]`` are the demo's, with the sources renamed in every
+    rule's ``order``. Without ``source_dsns`` both sources are on ``dsn`` too and only
+    ``crm.customers`` and ``loyalty.members`` are kept (the tables the apply workload changes);
+    with it (``crm`` and ``loyalty`` DSNs of databases seeded as the demo's), every table is.
     """
     data = tomllib.loads(DEMO_CONFIG.read_text())
     rename = {"crm": names.crm, "loyalty": names.loyalty}
     sources = []
     for source in data["sources"]:
-        tables = [t for t in source["tables"] if t["table"] in (CUSTOMERS, MEMBERS)]
+        tables = [
+            t for t in source["tables"] if source_dsns or t["table"] in (CUSTOMERS, MEMBERS)
+        ]
+        source_dsn = source_dsns[source["name"]] if source_dsns else dsn
         if tables:
-            sources.append({**source, "name": rename[source["name"]], "dsn": dsn, "tables": tables})
+            sources.append(
+                {**source, "name": rename[source["name"]], "dsn": source_dsn, "tables": tables}
+            )
     rules = {pattern: _renamed(spec, rename) for pattern, spec in data.get("rules", {}).items()}
     return {
         "store": {"dsn": dsn},

@@ -1,7 +1,8 @@
 """The end-to-end scenario: source commit → subscriber receive, per rate, on both transports.
 
-For each transport (embedded, then Kafka) one pipeline, one server and the subscribers run while a
-paced writer inserts new customers at each rate in turn (:mod:`bench.serving_e2e`). See
+For each transport (embedded, then Kafka) the demo's CRM and loyalty databases are seeded with its
+generated population; one pipeline snapshots them, then one server and the subscribers run while
+the demo's customer traffic is written at each rate in turn (:mod:`bench.serving_e2e`). See
 ``bench/README.md`` for what each figure means.
 """
 
@@ -12,9 +13,10 @@ from typing import Any
 
 from psycopg.conninfo import make_conninfo
 
+from . import apply_data
 from .report import Figure
 from .scenario import Context, ScenarioResult
-from .serving import TOKEN, create_database, drop_database, prepare_store
+from .serving import TOKEN, create_database, drop_database
 from .serving_e2e import EndToEndJob, Transport, measure_end_to_end
 
 TARGET_P99_MS = 100.0
@@ -27,8 +29,9 @@ class EndToEndSizes:
     """How big an end-to-end run is.
 
     Attributes:
-        profiles: Profiles stored before the measurements.
-        rates: Source commits (new customers) per second, one measurement each.
+        people: The demo population seeded in the sources (and snapshotted) before the
+            measurements.
+        rates: Source row changes per second, one measurement each.
         seconds: How long the writer writes at each rate.
         warmup_s: Rows committed in the first seconds of each rate are not counted.
         catch_up_s: After each rate, how long the store may take to catch up with the source.
@@ -36,7 +39,7 @@ class EndToEndSizes:
         drain_s: After the store caught up, how long the fan-out has to deliver.
     """
 
-    profiles: int
+    people: int
     rates: tuple[float, ...]
     seconds: float
     warmup_s: float
@@ -49,43 +52,69 @@ class EndToEndSizes:
         """The full or the quick sizes."""
         if quick:
             return cls(
-                profiles=2_000, rates=(100.0, 500.0, 1_000.0), seconds=1.5, warmup_s=0.5,
-                catch_up_s=3.0, subscribers=100, drain_s=2.0,
+                people=500, rates=(100.0, 500.0, 1_000.0), seconds=1.0, warmup_s=0.3,
+                catch_up_s=3.0, subscribers=100, drain_s=1.0,
             )
         return cls(
-            profiles=10_000, rates=(100.0, 500.0, 1_000.0), seconds=60.0, warmup_s=2.0,
+            people=10_000, rates=(100.0, 500.0, 1_000.0), seconds=60.0, warmup_s=2.0,
             catch_up_s=15.0, subscribers=100, drain_s=3.0,
         )
 
 
 def run(ctx: Context, sizes: EndToEndSizes | None = None) -> ScenarioResult:
-    """Preload a small store, then measure every rate through each transport."""
+    """Seed the demo's sources, then measure every rate through each transport."""
     sizes = sizes or EndToEndSizes.for_mode(ctx.quick)
     admin = make_conninfo(ctx.services.dsn, dbname="postgres")
     measured: dict[str, Any] = {}
-    preloads: dict[str, Any] = {}
-    # Each transport gets a database of its own, so that both start from the same state.
+    # Each transport gets databases of its own, so that both start from the same state.
     for transport in TRANSPORTS:
-        database = f"up_bench_{ctx.run_id}_e2e_{transport}"
-        create_database(admin, database)
+        prefix = f"up_bench_{ctx.run_id}_e2e_{transport}"
+        databases = {role: f"{prefix}_{role}" for role in ("store", "crm", "loyalty")}
+        for database in databases.values():
+            create_database(admin, database)
         try:
-            store, preloads[transport] = prepare_store(
-                ctx, make_conninfo(ctx.services.dsn, dbname=database), sizes.profiles,
-                f"e2e_{transport}",
-            )
-            measured[transport] = measure_end_to_end(EndToEndJob(
-                dsn=store.dsn, config=store.config, token=TOKEN, names=store.names,
-                transport=transport, seed=ctx.seed, first_id=sizes.profiles + 1,
-                rates=sizes.rates, seconds=sizes.seconds, warmup_s=sizes.warmup_s,
-                catch_up_s=sizes.catch_up_s, drain_s=sizes.drain_s,
-                subscribers=sizes.subscribers, slot=f"bench_{ctx.run_id}_e2e_{transport}",
-            ))
+            dsns = {
+                role: make_conninfo(ctx.services.dsn, dbname=database)
+                for role, database in databases.items()
+            }
+            measured[transport] = measure_end_to_end(_job(ctx, sizes, transport, dsns))
         finally:
-            drop_database(admin, database)
-    result = ScenarioResult(details={"sizes": asdict(sizes), "preload": preloads, **measured})
+            for database in databases.values():
+                drop_database(admin, database)
+    result = ScenarioResult(details={"sizes": asdict(sizes), **measured})
     result.figures = figures(measured, sizes)
     result.notes = notes(measured, sizes)
     return result
+
+
+def _job(
+    ctx: Context, sizes: EndToEndSizes, transport: Transport, dsns: dict[str, str]
+) -> EndToEndJob:
+    """Seed the sources as ``make demo`` does, migrate the store, and describe the job."""
+    from unified_profile.server.demo import generate_population
+    from unified_profile.server.demo.seeding import load_example, load_population
+    from unified_profile.server.store import migrate
+
+    load_example(dsns["crm"], dsns["loyalty"])
+    load_population(dsns["crm"], dsns["loyalty"], generate_population(sizes.people, ctx.seed))
+    migrate.upgrade(dsns["store"])
+    names = apply_data.SourceNames.for_run(ctx.run_id)
+    tag = f"bench_{ctx.run_id}_e2e_{transport}"
+    config = apply_data.engine_config(
+        dsns["store"], ctx.services.bootstrap_servers, names, group_id=tag,
+        offsets_topic=f"{tag}.offsets",
+        source_dsns={"crm": dsns["crm"], "loyalty": dsns["loyalty"]},
+    )
+    config["grpc"] = {
+        "tokens": [{"name": "bench", "token": TOKEN, "scopes": ["profiles.subscribe"]}],
+    }
+    return EndToEndJob(
+        dsn=dsns["store"], source_dsns={"crm": dsns["crm"], "loyalty": dsns["loyalty"]},
+        config=config, token=TOKEN, names=names, transport=transport, seed=ctx.seed,
+        people=sizes.people, rates=sizes.rates, seconds=sizes.seconds,
+        warmup_s=sizes.warmup_s, catch_up_s=sizes.catch_up_s, drain_s=sizes.drain_s,
+        subscribers=sizes.subscribers, slot=tag,
+    )
 
 
 def figures(measured: dict[str, Any], sizes: EndToEndSizes) -> list[Figure]:
@@ -117,10 +146,10 @@ def figures(measured: dict[str, Any], sizes: EndToEndSizes) -> list[Figure]:
 def notes(measured: dict[str, Any], sizes: EndToEndSizes) -> list[str]:
     """What each pass wrote, how much was delivered, and how busy the host was."""
     out = [
-        f"end to end: {sizes.profiles:,} profiles stored; new customers inserted one per "
-        f"transaction for {sizes.seconds:g} s per rate (first {sizes.warmup_s:g} s not counted), "
-        f"{sizes.subscribers} subscribers in 2 processes; a delivery missing at the end counts "
-        "as infinitely late"
+        f"end to end: the demo's sources seeded with {sizes.people:,} people and snapshotted; "
+        f"the demo's customer traffic written for {sizes.seconds:g} s per rate of source row "
+        f"changes (first {sizes.warmup_s:g} s not counted), {sizes.subscribers} subscribers in "
+        "2 processes; a delivery missing at the end counts as infinitely late"
     ]
     for transport, stats in measured.items():
         parts = []
@@ -132,12 +161,15 @@ def notes(measured: dict[str, Any], sizes: EndToEndSizes) -> list[str]:
                 else f"store still behind {m['catch_up_s']:.0f} s after the last commit"
             )
             parts.append(
-                f"{float(rate):,.0f}/s: {m['rows']:,} inserts at {m['achieved_rate'] or 0:,.0f}/s, "
-                f"{m['deliveries']:,} of {m['deliveries_expected']:,} deliveries, {caught}; host "
+                f"{float(rate):,.0f}/s: {m['rows']:,} row changes in {m['transactions']:,} "
+                f"transactions at {m['achieved_rate'] or 0:,.0f}/s, {m['changes']:,} profile "
+                f"changes, {m['deliveries']:,} of {m['deliveries_expected']:,} deliveries, "
+                f"{caught}; host "
                 f"{shares.get('idle', 0):.0f}% idle, {shares.get('steal', 0):.0f}% stolen"
             )
         out.append(
-            f"end to end ({transport}), ready {stats['ready_s']:.0f} s after start, stream errors "
+            f"end to end ({transport}), snapshot {stats['snapshot_s']:.0f} s, ready "
+            f"{stats['ready_s']:.0f} s after start, stream errors "
             f"{sum(stats['errors'].values())}: " + "; ".join(parts)
         )
     return out

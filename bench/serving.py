@@ -84,9 +84,9 @@ class ServingSizes:
         """The full or the quick sizes."""
         if quick:
             return cls(
-                profiles=10_000, server_processes=(1,), concurrency=(1, 16, 64),
-                read_seconds=1.5, warmup_s=0.5, repeats=1, subscribers=(10, 100, 1_000),
-                fanout_rate=10.0, fanout_seconds=4.0, start_delay_s=1.2, settle_s=1.0,
+                profiles=5_000, server_processes=(1,), concurrency=(1, 16, 64),
+                read_seconds=1.0, warmup_s=0.5, repeats=1, subscribers=(10, 100, 1_000),
+                fanout_rate=10.0, fanout_seconds=2.5, start_delay_s=1.2, settle_s=1.0,
             )
         return cls(
             profiles=100_000, server_processes=(1, 2), concurrency=(1, 16, 64),

@@ -2,27 +2,26 @@
 
 The whole pipeline on one machine, each part in a process of its own:
 
-* the **source**: the demo's ``crm.customers`` table (``examples/demo/schema.sql``), in the
-  scenario's database; a paced writer process inserts new customers, one row per transaction, and
-  records when each commit returned;
-* the **pipeline**: with the embedded transport, the connector and the engine in one process
-  handing events over in memory (``InMemorySink`` → ``EmbeddedIngest``, :func:`embedded_main`);
-  with the Kafka transport, a connector process publishing to Kafka (``KafkaSink``,
-  :func:`connector_main`) and an engine process consuming as a group member
-  (``run_kafka_engine``, :func:`kafka_engine_main`), as ``unified-profile cdc`` and
-  ``unified-profile engine`` run them;
+* the **sources**: the demo's CRM and loyalty databases (``examples/demo/schema.sql``), seeded
+  with the demo's generated population, written to by the demo's customer traffic
+  (:class:`~bench.traffic_writer.TrafficWriter`, paced in source row changes per second);
+* the **pipeline**: with the embedded transport, a connector and an engine per source in one
+  process handing events over in memory (``InMemorySink`` → ``EmbeddedIngest``), as
+  ``unified-profile run`` does; with the Kafka transport, a connector process publishing both
+  sources to Kafka (``KafkaSink``, as ``unified-profile cdc``) and an engine process consuming as
+  a group member (``run_kafka_engine``, as ``unified-profile engine``);
 * the **server**: ``serve()`` with its change feed (:class:`~bench.serving_proc.ServerGroup`);
 * the **subscribers** (:class:`~bench.serving_subs.SubscriberGroup`).
 
-One pipeline and server serve every rate of a transport: the rates are written one after the
-other, lowest first, each to its own range of customer ids, each to fresh subscribers. Each new
-customer becomes one CREATED change whose cause names the row (``{"id": N}``), read back from the
-change log after the run, so every delivery is matched with its row's commit time.
+The pipeline snapshots the seeded sources first. Then one pipeline and server serve every rate
+of a transport, lowest first, each to fresh subscribers. A profile change is matched with the
+source commit that caused it by PostgreSQL's commit timestamp, which the change log keeps in the
+change's cause (the latest one, when several records caused it); subscribers' receive times are
+taken on the same machine's clock.
 """
 
 from __future__ import annotations
 
-import array
 import contextlib
 import math
 import multiprocessing
@@ -32,23 +31,24 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
+from psycopg import sql
 
 from . import apply_data
 from .serving_proc import ServerGroup
 from .serving_subs import Received, SubscribeJob, SubscriberGroup, stream_errors
 from .timing import host_cpu_shares, host_cpu_times, process_memory_mib, summarize_seconds
+from .traffic_writer import TrafficWriter, WrittenPass
 
 Transport = Literal["embedded", "kafka"]
 _CONTEXT = multiprocessing.get_context("spawn")
-DEMO_SCHEMA = Path(__file__).resolve().parent.parent / "examples" / "demo" / "schema.sql"
-_INSERT = (
-    "INSERT INTO crm.customers (id, first_name, last_name, email, birth_date, owner_email, "
-    "lifecycle_stage, last_contacted_at, notes) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-)
+#: The store has caught up once the slots are confirmed past the source and its head has not
+#: moved for this long (through Kafka the engine may still be applying what was acknowledged).
+_SETTLE_S = 0.5
+#: Source row changes of the warm-up, after the snapshot.
+_WARMUP_ROWS = 20
 
 
 @dataclass(frozen=True)
@@ -56,29 +56,31 @@ class EndToEndJob:
     """The end-to-end measurements of one transport.
 
     Attributes:
-        dsn: The scenario's database (store and source).
+        dsn: The store's database.
+        source_dsns: The ``crm`` and ``loyalty`` databases, seeded with the population.
         config: The service config (as parsed TOML) the server and the pipeline use.
         token: A bearer token with ``profiles.subscribe``.
-        names: The run's source names.
+        names: The run's source names (``names.crm`` is the ``crm`` database's source).
         transport: ``embedded`` or ``kafka``.
-        seed: Seeds the inserted customers.
-        first_id: The first new customer id (above the preloaded ones).
-        rates: Source commits per second, one measurement each, in this order.
+        seed: Seeds the population (as seeded) and the traffic.
+        people: The seeded population's size.
+        rates: Source row changes per second, one measurement each, in this order.
         seconds: How long the writer writes at each rate.
-        warmup_s: Rows committed in the first seconds of each rate are not counted.
-        catch_up_s: After each rate, how long the store may take to catch up with the source.
+        warmup_s: Changes committed in the first seconds of each rate are not counted.
+        catch_up_s: After each rate, how long the store may take to catch up with the sources.
         drain_s: Then, how long the fan-out has to deliver before the next rate.
         subscribers: Streams, spread over two processes.
-        slot: Replication slot and publication name.
+        slot: Prefix of the replication slots and publications (``<slot>_crm``, ``<slot>_loyalty``).
     """
 
     dsn: str
+    source_dsns: dict[str, str]
     config: dict[str, Any]
     token: str
     names: apply_data.SourceNames
     transport: Transport
     seed: int
-    first_id: int
+    people: int
     rates: tuple[float, ...]
     seconds: float
     warmup_s: float
@@ -88,19 +90,18 @@ class EndToEndJob:
     slot: str
 
     def rows(self, rate: float) -> int:
-        """Rows written at ``rate``."""
+        """Source row changes written at ``rate``."""
         return round(rate * self.seconds)
 
-    def last_id(self) -> int:
-        """One past the last customer id this job writes (the first row is the warm-up's)."""
-        return self.first_id + 1 + sum(self.rows(r) for r in self.rates)
+    def slots(self) -> dict[str, str]:
+        """Each source database's slot."""
+        return {role: f"{self.slot}_{role}" for role in self.source_dsns}
 
 
 @dataclass(frozen=True)
 class _Pass:
     rate: float
-    first_id: int
-    commit_times: array.array[float]
+    written: WrittenPass
     caught_up: bool
     catch_up_s: float
     host_cpu: dict[str, float] | None
@@ -109,16 +110,12 @@ class _Pass:
 
 def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
     """Commit → receive latency of every delivery at each rate, with the processes' peak RSS."""
-    with psycopg.connect(job.dsn, autocommit=True) as conn:
-        if conn.execute("SELECT to_regclass('crm.customers')").fetchone() == (None,):
-            conn.execute(DEMO_SCHEMA.read_text())
-        head = _head(conn)
     config = _pipeline_config(job)
     pipeline = _Pipeline(job.transport, config)
     began = time.monotonic()
     passes: list[_Pass] = []
     rss: dict[str, float | None] = {}
-    writer = _Writer(job)
+    writer = TrafficWriter(job.source_dsns, job.people, job.seed)
     group: SubscriberGroup | None = None
     with ServerGroup(job.config, 1) as servers:
         per_process = -(-job.subscribers // 2)
@@ -131,35 +128,32 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
         try:
             started = time.monotonic()
             pipeline.start(job)
-            # The first change proves the whole path works (for Kafka: the group has joined).
-            writer.write(rate=1.0, first_id=job.first_id, rows=1)
-            _wait_for_head(job.dsn, head + 1, timeout=180.0, pipeline=pipeline)
+            _wait_for_snapshot(job, pipeline, timeout=900.0)
+            snapshot_s = time.monotonic() - started
+            # A few activities prove the whole path works: the store holds a change they caused
+            # (for Kafka: the engine has joined its group).
+            _wait_for_a_change_caused_by(job, pipeline, writer, timeout=180.0)
+            _wait_until_caught_up(job, pipeline, timeout=180.0)
             ready_s = time.monotonic() - started
-            expected_head = head + 1
-            next_id = job.first_id + 1
+            with psycopg.connect(job.dsn, autocommit=True) as conn:
+                head = _head(conn)
             for rate in job.rates:
                 # Fresh subscribers for every rate: streams still behind on the previous rate's
                 # changes would make this rate's latencies theirs.
                 group = SubscriberGroup(jobs)
                 group.start()
-                rows = job.rows(rate)
                 cpu_before = host_cpu_times()
-                commit_times = writer.write(rate, next_id, rows)
-                written = time.monotonic()
-                expected_head += rows
-                caught_up = _wait_for_head(
-                    job.dsn, expected_head, timeout=job.catch_up_s, pipeline=pipeline,
-                    required=False,
+                written = writer.write(rate, job.rows(rate))
+                done = time.monotonic()
+                caught_up = _wait_until_caught_up(
+                    job, pipeline, timeout=job.catch_up_s, required=False
                 )
-                catch_up_s = time.monotonic() - written
+                catch_up_s = max(0.0, time.monotonic() - done - _SETTLE_S)
                 time.sleep(job.drain_s)
                 host_cpu = host_cpu_shares(cpu_before, host_cpu_times())
                 if rate == job.rates[-1]:
                     rss = {"server": _peak(servers.pids), **pipeline.peak_rss()}
-                passes.append(_Pass(
-                    rate, next_id, commit_times, caught_up, catch_up_s, host_cpu, group.stop()
-                ))
-                next_id += rows
+                passes.append(_Pass(rate, written, caught_up, catch_up_s, host_cpu, group.stop()))
             measured = time.monotonic()
         finally:
             writer.close()
@@ -168,17 +162,22 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
             failure = pipeline.stop()
     if failure:
         raise RuntimeError(f"the {job.transport} pipeline failed:\n{failure}")
-    with psycopg.connect(job.dsn, autocommit=True) as conn:
-        # An inactive slot would hold WAL back for the rest of the run.
-        conn.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-            "WHERE slot_name = %s AND NOT active",
-            (job.slot,),
-        )
-    row_of = _rows_by_sequence(job.dsn, head)
+    # An inactive slot would hold WAL back for the rest of the run.
+    for role, slot in job.slots().items():
+        with psycopg.connect(job.source_dsns[role], autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE slot_name = %s AND NOT active",
+                (slot,),
+            )
+    committed_at = _source_commits(job.dsn, head)
+    # Subscribers time deliveries with time.monotonic() (one clock for every process on the
+    # machine); the change log has PostgreSQL's wall-clock commit times.
+    clock_offset = time.time() - time.monotonic()
     return {
         "transport": job.transport,
         "subscribers": job.subscribers,
+        "snapshot_s": snapshot_s,
         "ready_s": ready_s,
         # Where the wall time went: start-up, the passes, stopping every process.
         "wall_s": time.monotonic() - began,
@@ -187,19 +186,30 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
         "pipeline_stop_s": pipeline.stop_s,
         "peak_rss_mib": rss,
         "errors": stream_errors([r for p in passes for r in p.received]),
-        "rates": {f"{p.rate:g}": _latencies(job, p, row_of) for p in passes},
+        "rates": {
+            f"{p.rate:g}": _latencies(job, p, committed_at, clock_offset) for p in passes
+        },
     }
 
 
 def _pipeline_config(job: EndToEndJob) -> dict[str, Any]:
-    """The service config with only the CRM customers table: streams new rows, no snapshot."""
-    crm = next(s for s in job.config["sources"] if s["name"] == job.names.crm)
-    source = {
-        **crm, "snapshot": "never", "slot": job.slot, "publication": job.slot,
-        "heartbeat_interval_s": 3_600.0, "status_interval_s": 1.0,
-        "tables": [t for t in crm["tables"] if t["table"] == apply_data.CUSTOMERS],
-    }
-    return {**job.config, "sources": [source]}
+    """The service config with this job's slots: snapshot first, then stream.
+
+    Heartbeats every second let an idle source's slot be confirmed past WAL that other databases
+    on the server wrote, which is how :func:`_wait_until_caught_up` knows the pipeline has read
+    everything.
+    """
+    roles = {job.names.crm: "crm", job.names.loyalty: "loyalty"}
+    slots = job.slots()
+    sources = [
+        {
+            **source, "snapshot": "initial", "slot": slots[roles[source["name"]]],
+            "publication": slots[roles[source["name"]]],
+            "heartbeat_interval_s": 1.0, "status_interval_s": 0.5,
+        }
+        for source in job.config["sources"]
+    ]
+    return {**job.config, "sources": sources}
 
 
 def _peak(pids: list[int]) -> float | None:
@@ -232,7 +242,7 @@ class _Pipeline:
             child.start()
             child_end.close()
             self._children.append((role, child, parent_end))
-        _wait_for_slot(job.dsn, job.slot, self)
+        _wait_for_slots(job, self)
 
     def check(self) -> None:
         """Raise if a process has ended."""
@@ -271,11 +281,15 @@ def _ensure_topics(config_data: dict[str, Any]) -> None:
     config = parse_service_config(config_data, "bench")
     transport = config.capture.transport
     assert isinstance(transport, KafkaConfig)
-    source = config.capture.sources[0]
-    topics = [table_topic(source.name, t.table) for t in source.tables]
-    ensure_topics(
-        transport, [*topics, f"__debezium-heartbeat.{source.name}"], [transport.offsets_topic]
-    )
+    topics = [
+        topic
+        for source in config.capture.sources
+        for topic in (
+            *(table_topic(source.name, t.table) for t in source.tables),
+            f"__debezium-heartbeat.{source.name}",
+        )
+    ]
+    ensure_topics(transport, topics, [transport.offsets_topic])
 
 
 def pipeline_main(
@@ -326,33 +340,19 @@ def pipeline_main(
 
 
 def _run_embedded(config: Any, halt: threading.Event) -> None:
-    from unified_profile.cdc.connector import Connector
-    from unified_profile.cdc.sink import InMemorySink
-    from unified_profile.server.ingest.consumers import EmbeddedIngest
-    from unified_profile.server.ingest.service import build_pipeline, open_store
-    from unified_profile.server.store.profile_store import StoreOffsetStore
+    from unified_profile.server.allinone import Workers
+    from unified_profile.server.ingest.service import open_store
 
     store = open_store(config)
+    workers = Workers()
     try:
-        source = config.capture.sources[0]
-        sink = InMemorySink()
-        connector = Connector(source, sink, StoreOffsetStore(store))
-        ingest = EmbeddedIngest(
-            sink, build_pipeline(config, store, "embedded"), source.name,
-            config.engine.batch_events,
-        )
-        threads = [
-            threading.Thread(target=connector.run, args=(halt,), name="connector"),
-            threading.Thread(target=ingest.run, args=(halt,), name="ingest"),
-        ]
-        for thread in threads:
-            thread.start()
+        # A connector and an engine thread per source, as `unified-profile run` starts them.
+        workers.start_embedded(config, store)
         while not halt.wait(0.2):
-            if not all(t.is_alive() for t in threads):
-                raise RuntimeError("a pipeline thread ended early")
-        for thread in threads:
-            thread.join(60)
+            if workers.failure is not None:
+                raise RuntimeError("the embedded pipeline failed") from workers.failure
     finally:
+        workers.stop()
         store.close()
 
 
@@ -367,16 +367,18 @@ def _run_kafka_engine(config: Any, halt: threading.Event) -> None:
 
 
 def _run_connector(config: Any, halt: threading.Event) -> None:
-    from unified_profile.cdc.connector import Connector
-    from unified_profile.cdc.kafka import KafkaOffsetStore, KafkaSink
+    from unified_profile.server.capture import CaptureService
 
-    transport = config.capture.transport
-    source = config.capture.sources[0]
-    sink = KafkaSink(transport, source.schemas_enable)
+    # Every source's connector publishing to Kafka, as `unified-profile cdc` runs them.
+    service = CaptureService(config.capture, list(config.capture.sources))
+    service.start()
     try:
-        Connector(source, sink, KafkaOffsetStore(transport)).run(halt)
+        while not halt.wait(0.2):
+            if service.failure is not None:
+                raise RuntimeError("the connectors failed") from service.failure
     finally:
-        sink.close()
+        service.stop()
+        service.wait(60)
 
 
 _ROLES: dict[str, Callable[[Any, threading.Event], None]] = {
@@ -386,16 +388,19 @@ _ROLES: dict[str, Callable[[Any, threading.Event], None]] = {
 }
 
 
-def _wait_for_slot(dsn: str, slot: str, pipeline: _Pipeline, timeout: float = 60.0) -> None:
+def _wait_for_slots(job: EndToEndJob, pipeline: _Pipeline, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while not conn.execute(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active", (slot,)
-        ).fetchone():
-            pipeline.check()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the connector did not start streaming within {timeout:.0f}s")
-            time.sleep(0.2)
+    for role, slot in job.slots().items():
+        with psycopg.connect(job.source_dsns[role], autocommit=True) as conn:
+            while not conn.execute(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active", (slot,)
+            ).fetchone():
+                pipeline.check()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the {role} connector did not start streaming within {timeout:.0f}s"
+                    )
+                time.sleep(0.2)
 
 
 def _head(conn: psycopg.Connection[Any]) -> int:
@@ -403,127 +408,151 @@ def _head(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row is not None else 0
 
 
-def _wait_for_head(
-    dsn: str, head: int, timeout: float, pipeline: _Pipeline, required: bool = True
+def _wait_until_caught_up(
+    job: EndToEndJob, pipeline: _Pipeline, timeout: float, required: bool = True
 ) -> bool:
-    """Wait until the change log reaches ``head``; ``False`` (or an error) when it did not."""
+    """Wait until the store holds every change committed so far in the sources.
+
+    That is: each slot is confirmed at or past its source's current WAL position (the pipeline
+    has read and handed on everything; heartbeats move an idle source's slot too), and the
+    change log's head has then not moved for ``_SETTLE_S`` (through Kafka, the engine may still
+    be applying what the broker acknowledged). ``False`` (or an error) when it did not in time.
+    """
     deadline = time.monotonic() + timeout
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    slots = job.slots()
+    with contextlib.ExitStack() as stack:
+        sources = {
+            role: stack.enter_context(psycopg.connect(dsn, autocommit=True))
+            for role, dsn in job.source_dsns.items()
+        }
+        store = stack.enter_context(psycopg.connect(job.dsn, autocommit=True))
+        targets = {
+            role: _one(conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone())
+            for role, conn in sources.items()
+        }
+        confirmed = False
+        head, moved = -1, time.monotonic()
         while True:
-            if _head(conn) >= head:
+            confirmed = confirmed or all(
+                conn.execute(
+                    "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
+                    " WHERE slot_name = %s",
+                    (targets[role], slots[role]),
+                ).fetchone() == (True,)
+                for role, conn in sources.items()
+            )
+            now_head = _head(store)
+            if now_head != head:
+                head, moved = now_head, time.monotonic()
+            if confirmed and time.monotonic() - moved >= _SETTLE_S:
                 return True
             pipeline.check()
             if time.monotonic() > deadline:
                 if required:
                     raise RuntimeError(
-                        f"the change log did not reach {head} within {timeout:.0f}s"
+                        f"the store did not catch up with the sources within {timeout:.0f}s"
                     )
                 return False
             time.sleep(0.1)
 
 
-def _rows_by_sequence(dsn: str, after: int) -> dict[int, int]:
-    """Change sequence → the customer id whose insert caused it."""
+def _wait_for_snapshot(job: EndToEndJob, pipeline: _Pipeline, timeout: float) -> None:
+    """Wait until the store holds a record (or a dead letter) for every row of the sources.
+
+    Counting is exact where watching the slots is not: through Kafka the engine reads each
+    table's topic on its own, so changes of one table may be applied while another's snapshot
+    is still on its way.
+    """
+    deadline = time.monotonic() + timeout
+    rows = 0
+    for role, dsn in job.source_dsns.items():
+        name = getattr(job.names, role)
+        source = next(s for s in job.config["sources"] if s["name"] == name)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for table in source["tables"]:
+                schema, relation = table["table"].split(".")
+                rows += _one(conn.execute(
+                    sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, relation))
+                ).fetchone())
+    with psycopg.connect(job.dsn, autocommit=True) as conn:
+        while _one(conn.execute(
+            "SELECT (SELECT count(*) FROM up_source_records)"
+            " + (SELECT count(*) FROM up_dead_letters)"
+        ).fetchone()) < rows:
+            pipeline.check()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the snapshot was not applied within {timeout:.0f}s")
+            time.sleep(0.2)
+
+
+def _wait_for_a_change_caused_by(
+    job: EndToEndJob, pipeline: _Pipeline, writer: TrafficWriter, timeout: float
+) -> None:
+    """Write a few activities at a time until the change log holds a change they caused."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(job.dsn, autocommit=True) as conn:
+        after = _head(conn)
+    while True:
+        written = writer.write(rate=50.0, rows=_WARMUP_ROWS)
+        for _ in range(50):
+            if any(at >= written.first_commit for at in _source_commits(job.dsn, after).values()):
+                return
+            pipeline.check()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no change reached the store within {timeout:.0f}s")
+            time.sleep(0.1)
+
+
+def _one(row: tuple[Any, ...] | None) -> Any:
+    assert row is not None
+    return row[0]
+
+
+def _source_commits(dsn: str, after: int) -> dict[int, float]:
+    """Change sequence → when (``time.time()`` seconds) the source commit that caused it was.
+
+    A change caused by several records (a merge, a batch) counts from the latest of them: it
+    could not have been made before that commit.
+    """
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT sequence, (cause -> 0 -> 'key' ->> 'id')::bigint FROM up_change_log "
-            "WHERE sequence > %s AND kind = 'CREATED'",
+            "SELECT sequence, (SELECT max((c ->> 'commit_time_us')::bigint)"
+            " FROM jsonb_array_elements(cause) AS c) FROM up_change_log WHERE sequence > %s",
             (after,),
         ).fetchall()
-    return {int(s): int(i) for s, i in rows if i is not None}
+    return {int(sequence): us / 1e6 for sequence, us in rows if us}
 
 
-class _Writer:
-    """The source writer process: one per transport, given one paced pass at a time.
-
-    One process for every pass (rather than one per pass) keeps the spawn and imports, seconds
-    on a busy machine, out of the run.
-    """
-
-    def __init__(self, job: EndToEndJob) -> None:
-        self._conn, child_end = _CONTEXT.Pipe()
-        self._process = _CONTEXT.Process(
-            target=writer_main, args=(job.dsn, job.seed, child_end), name="bench-source-writer",
-            daemon=True,
-        )
-        self._process.start()
-        child_end.close()
-
-    def write(self, rate: float, first_id: int, rows: int) -> array.array[float]:
-        """Insert customers ``first_id..first_id + rows - 1``; the ``time.monotonic()`` of each commit.
-
-        Raises:
-            RuntimeError: The writer failed or did not finish in time.
-        """
-        self._conn.send((rate, first_id, rows))
-        if not self._conn.poll(60.0 + 2 * rows / rate):
-            raise RuntimeError("the source writer did not finish")
-        outcome = self._conn.recv()
-        if isinstance(outcome, str):
-            raise RuntimeError(f"the source writer failed:\n{outcome}")
-        assert isinstance(outcome, array.array)
-        return outcome
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._conn.send(None)
-        self._process.join(10)
-        if self._process.is_alive():
-            self._process.kill()
-
-
-def writer_main(dsn: str, seed: int, conn: multiprocessing.connection.Connection) -> None:
-    """Entry point of the source writer: for each ``(rate, first_id, rows)`` received, insert
-    ``rows`` customers one per transaction at ``rate`` per second, and send back when each
-    commit returned; ``None`` ends it.
-
-    Row ``i`` is committed no earlier than ``i / rate`` seconds after the start; a writer that
-    falls behind catches up rather than skipping rows.
-    """
-    try:
-        with psycopg.connect(dsn, autocommit=True) as db:
-            while (command := conn.recv()) is not None:
-                rate, first_id, rows = command
-                values = []
-                for customer_id in range(first_id, first_id + rows):
-                    c = apply_data.customer(seed, customer_id)
-                    values.append((
-                        c.id, c.first_name, c.last_name, c.email, c.birth_date, c.owner_email,
-                        c.lifecycle_stage, None, c.notes,
-                    ))
-                times: array.array[float] = array.array("d")
-                started = time.monotonic()
-                for index, row in enumerate(values):
-                    delay = started + index / rate - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                    db.execute(_INSERT, row)
-                    times.append(time.monotonic())
-                conn.send(times)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            conn.send(traceback.format_exc())
-    finally:
-        conn.close()
-
-
-def _latencies(job: EndToEndJob, run: _Pass, row_of: dict[int, int]) -> dict[str, Any]:
-    rows = len(run.commit_times)
-    first_counted = run.first_id + min(rows - 1, round(job.warmup_s * run.rate))
-    end = run.first_id + rows
+def _latencies(
+    job: EndToEndJob, run: _Pass, committed_at: dict[int, float], clock_offset: float
+) -> dict[str, Any]:
+    """Commit → receive of every delivery of a change whose source commit falls in the pass
+    (after its warm-up seconds); ``clock_offset`` turns a receive time into ``time.time()``."""
+    written = run.written
+    counted_from = written.first_commit + job.warmup_s
+    counted = {
+        sequence: at
+        for sequence, at in committed_at.items()
+        if counted_from <= at <= written.last_commit
+    }
     latencies: list[float] = []
     for part in run.received:
-        for sequence, at in zip(part.sequences, part.times, strict=True):
-            row = row_of.get(sequence)
-            if row is not None and first_counted <= row < end:
-                latencies.append(at - run.commit_times[row - run.first_id])
-    expected = (end - first_counted) * job.subscribers
+        for sequence, received in zip(part.sequences, part.times, strict=True):
+            committed = counted.get(sequence)
+            if committed is not None:
+                latencies.append(received + clock_offset - committed)
+    expected = len(counted) * job.subscribers
     missing = max(0, expected - len(latencies))
-    span = run.commit_times[-1] - run.commit_times[0] if rows > 1 else 0.0
     return {
-        "rows": rows,
-        "achieved_rate": (rows - 1) / span if span else None,
-        "changes": sum(1 for r in row_of.values() if run.first_id <= r < end),
+        "rows": written.rows,
+        "transactions": written.transactions,
+        "activities": written.activities,
+        "failed_activities": written.failed,
+        "achieved_rate": written.achieved_rate,
+        "changes": sum(
+            1 for at in committed_at.values() if written.first_commit <= at <= written.last_commit
+        ),
+        "changes_counted": len(counted),
         "deliveries": len(latencies),
         "deliveries_expected": expected,
         # A delivery that never came counts as infinitely late.
@@ -538,5 +567,4 @@ __all__ = [
     "EndToEndJob",
     "measure_end_to_end",
     "pipeline_main",
-    "writer_main",
 ]

@@ -9,34 +9,41 @@ from bench import end_to_end, growth
 from bench.apply_data import SourceNames
 from bench.serving_e2e import EndToEndJob, _latencies, _Pass
 from bench.serving_subs import Received
+from bench.traffic_writer import WrittenPass
 
 
 def _job(subscribers: int = 2) -> EndToEndJob:
     return EndToEndJob(
-        dsn="", config={}, token="", names=SourceNames.for_run("t"), transport="embedded",
-        seed=1, first_id=100, rates=(10.0,), seconds=1.0, warmup_s=0.2, catch_up_s=1.0,
-        drain_s=1.0, subscribers=subscribers, slot="s",
+        dsn="", source_dsns={"crm": "", "loyalty": ""}, config={}, token="",
+        names=SourceNames.for_run("t"), transport="embedded", seed=1, people=10, rates=(10.0,),
+        seconds=1.0, warmup_s=0.2, catch_up_s=1.0, drain_s=1.0, subscribers=subscribers,
+        slot="s",
     )
 
 
 def test_a_missing_delivery_makes_the_tail_infinite_not_smaller() -> None:
-    # Rows 101..110 were committed at t = 0.0, 0.1, ...; the first 0.2 s (rows 101, 102) are
-    # warm-up. Sequence n was caused by row 100 + n.
-    commits = array.array("d", [i / 10 for i in range(10)])
-    row_of = {n: 100 + n for n in range(1, 11)}
-    every_row = array.array("q", range(1, 11))
-    on_time = array.array("d", [(n - 1) / 10 + 0.005 for n in range(1, 11)])
-    complete = Received(every_row, on_time, {})
-    one_short = Received(every_row[:-1], on_time[:-1], {})
+    # Ten source commits at wall-clock 1000.0, 1000.1, …; the first 0.2 s (sequences 1 and 2)
+    # are warm-up, sequence 11 was committed after the pass. Subscribers' clock runs 1000 s
+    # behind the wall clock.
+    committed_at = {n: 1000.0 + (n - 1) / 10 for n in range(1, 12)}
+    written = WrittenPass(
+        rows=10, transactions=10, activities=10, failed=0, first_commit=1000.0,
+        last_commit=1000.9,
+    )
+    every_change = array.array("q", range(1, 12))
+    on_time = array.array("d", [(n - 1) / 10 + 0.005 for n in range(1, 12)])
+    complete = Received(every_change, on_time, {})
+    one_short = Received(every_change[:-2], on_time[:-2], {})
 
     def run(*received: Received) -> _Pass:
-        return _Pass(10.0, 101, commits, True, 0.0, None, list(received))
+        return _Pass(10.0, written, True, 0.0, None, list(received))
 
-    full = _latencies(_job(), run(complete, complete), row_of)
+    full = _latencies(_job(), run(complete, complete), committed_at, clock_offset=1000.0)
+    assert full["changes"] == 10
     assert full["deliveries"] == full["deliveries_expected"] == 16
     assert math.isclose(full["commit_to_receive"]["p99_ms"], 5.0, abs_tol=1e-6)
 
-    missing = _latencies(_job(), run(complete, one_short), row_of)
+    missing = _latencies(_job(), run(complete, one_short), committed_at, clock_offset=1000.0)
     assert missing["deliveries"] == 15
     assert missing["commit_to_receive"]["p99_ms"] == math.inf
 
