@@ -90,6 +90,12 @@ class SourceConfig(_Strict):
     heartbeat_interval_s: Annotated[float, Field(gt=0)] = 10.0
     status_interval_s: Annotated[float, Field(gt=0, le=60)] = 5.0
     snapshot_batch_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 5_000
+    max_event_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024 * 1024)] = 1_000_000
+    """The largest change event (JSON key and value, without the schema wrapper) handed over.
+
+    The default stays under Kafka's 1 MB ``message.max.bytes``; a larger event is shrunk or
+    replaced by a marker that the engine dead-letters (see :mod:`~unified_profile.cdc.oversized`).
+    """
 
     @field_validator("name")
     @classmethod

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -26,6 +27,7 @@ from .identifiers import TableName
 from .lsn import format_lsn
 from .model import Column, ColumnValue, Relation, TableShape
 from .offsets import ConnectorOffset, OffsetStore
+from .oversized import fit_event, is_marker
 from .pgoutput import decode_message
 from .postgres import catalog, session
 from .postgres.replication import Keepalive, ReplicationConnection
@@ -76,6 +78,7 @@ class Connector:
         self._log = log.bind(source=source.name, db=session.describe_dsn(source.dsn))
         self._catalog: psycopg.Connection[Any] | None = None
         self._database = ""
+        self._newly_published: set[TableName] = set()
         # (events published when the transaction ended, its end LSN, its commit time)
         self._unconfirmed: deque[tuple[int, int, int]] = deque()
         self._ack_seen = (0, time.monotonic())  # (acknowledged, when it last moved)
@@ -98,7 +101,9 @@ class Connector:
             t.table: self.source.replica_identity_full_allowed(t) for t in self.source.tables
         }
         catalog.prepare_tables(self._catalog, self._tables, may_set_full)
-        catalog.ensure_publication(self._catalog, self.source.publication_name, self._tables)
+        self._newly_published = catalog.ensure_publication(
+            self._catalog, self.source.publication_name, self._tables
+        )
 
     def run(self, stop: threading.Event) -> None:
         """Prepare, snapshot if needed, then stream until ``stop`` is set.
@@ -127,9 +132,9 @@ class Connector:
         mode = self.source.snapshot
         state = catalog.slot_state(self._catalog, slot)
         offset = self._offsets.load(self.source.name)
-        if state is not None and state.wal_status == "lost":
-            self._log.warning("cdc.slot_invalidated", slot=slot)
-            catalog.drop_slot(self._catalog, slot)
+        invalidated = None if state is None else catalog.slot_invalidation(self._catalog, slot)
+        if invalidated is not None:
+            self._drop_invalidated_slot(invalidated, offset)
             state = None
         if state is not None and state.active_pid is not None:
             state = self._wait_for_slot_release(slot)
@@ -142,6 +147,8 @@ class Connector:
                     slot=slot,
                     confirmed_lsn=format_lsn(state.confirmed_flush_lsn or 0),
                 )
+                if offset is not None and offset.slot == slot:
+                    self._read_added_tables(offset, state)
                 return
             # The slot exists but its snapshot never finished (the connector died mid-snapshot):
             # the exported snapshot is gone, so start over with a new slot and a new snapshot.
@@ -168,6 +175,40 @@ class Connector:
             state = catalog.slot_state(self._catalog, slot)
         return state
 
+    def _drop_invalidated_slot(self, reason: str, offset: ConnectorOffset | None) -> None:
+        """Refuse, or (``when_needed``, or never captured) drop the slot to start it again.
+
+        An invalidated slot streams nothing any more: the server removed WAL it still needed
+        (``max_slot_wal_keep_size``) or gave up on it, so changes made since it was last
+        confirmed are gone. Under ``initial`` that is the operator's call, and the slot is left
+        as it is for them to see; the same holds for one lost while streaming, which ends the
+        stream and comes back here on the retry.
+        """
+        assert self._catalog is not None
+        slot = self.source.slot_name
+        captured = offset is not None and offset.slot == slot and offset.snapshot_completed
+        if captured and self.source.snapshot is SnapshotMode.INITIAL:
+            assert offset is not None
+            raise PreflightError(
+                f"replication slot {slot!r} was invalidated by the server ({reason}), so changes "
+                f"made since source {self.source.name!r} last confirmed LSN "
+                f"{format_lsn(offset.lsn or 0)} can no longer be streamed",
+                'set snapshot = "when_needed" to drop the slot and re-snapshot the tables, or drop '
+                f"it (SELECT pg_drop_replication_slot('{slot}');) and the stored offset to start "
+                "over; raise max_slot_wal_keep_size on the source so that a stopped connector "
+                "keeps its slot longer",
+            )
+        self._log.warning(
+            "cdc.slot_invalidated",
+            slot=slot,
+            reason=reason,
+            action="dropping it; a new slot and a snapshot follow"
+            if self.source.snapshot is not SnapshotMode.NEVER
+            else "dropping it; a new slot streams from now on (snapshot = never)",
+        )
+        if self._wait_for_slot_release(slot) is not None:
+            catalog.drop_slot(self._catalog, slot)
+
     def _create_slot(self, replication: ReplicationConnection, snapshot: bool) -> None:
         slot = self.source.slot_name
         # Mark the snapshot incomplete *before* the slot exists, so a crash in between is seen as
@@ -184,18 +225,77 @@ class Connector:
             finally:
                 reader.close()
             self._offsets.save(
-                self.source.name, ConnectorOffset(slot, True, created.consistent_lsn)
+                self.source.name,
+                ConnectorOffset(slot, True, created.consistent_lsn, self._covered(self._tables)),
+            )
+        else:
+            self._offsets.save(
+                self.source.name, ConnectorOffset(slot, True, tables=self._covered(self._tables))
             )
         self.stats.confirmed_lsn = created.consistent_lsn
 
+    # --- tables added to the config of a source captured before -------------------------------
+
+    def _read_added_tables(self, offset: ConnectorOffset, state: catalog.SlotState) -> None:
+        """Read the existing rows of tables added to the config since the slot was created.
+
+        The slot streams a table's changes only from the moment it joined the publication
+        (``prepare``); the rows it held before are read here, before streaming starts, as
+        ``op: "r"`` events. They are ranked at the slot's ``restart_lsn``, below every change the
+        slot will stream (no streamed transaction starts before it), so a change made while the
+        rows were read always wins over the read, whichever the engine sees first.
+        """
+        if offset.tables is not None:
+            added = [t for t in self._tables if t.quoted not in offset.tables]
+        else:
+            # An offset saved before offsets listed their tables: the publication says which
+            # tables this start added. Record the others first, so that a crash while reading
+            # these reads them again on the next start.
+            added = [t for t in self._tables if t in self._newly_published]
+            covered = self._covered([t for t in self._tables if t not in added])
+            self._offsets.save(self.source.name, replace(offset, tables=covered))
+        if added and self.source.snapshot is not SnapshotMode.NEVER:
+            position = state.restart_lsn or state.confirmed_flush_lsn or 0
+            reader = SnapshotReader(self.source.dsn, None)
+            try:
+                rows = self._snapshot(reader, position, added)
+            finally:
+                reader.close()
+            self._log.info(
+                "cdc.added_tables_read",
+                tables=[str(t) for t in added],
+                rows=rows,
+                lsn=format_lsn(position),
+            )
+        # Only once every row read is durable in the sink (the snapshot flushed it).
+        if offset.tables != self._covered(self._tables):
+            self._offsets.save(
+                self.source.name, replace(offset, tables=self._covered(self._tables))
+            )
+
+    @staticmethod
+    def _covered(tables: Sequence[TableName]) -> tuple[str, ...]:
+        return tuple(t.quoted for t in tables)
+
     # --- snapshot ----------------------------------------------------------------------------
 
-    def _snapshot(self, reader: SnapshotReader, consistent_lsn: int) -> None:
+    def _snapshot(
+        self,
+        reader: SnapshotReader,
+        consistent_lsn: int,
+        tables: Sequence[TableName] | None = None,
+    ) -> int:
+        """Read ``tables`` (all configured ones by default) as ``op: "r"`` events at
+        ``consistent_lsn``; return how many rows, once the sink holds every one durably."""
         conn = reader.connection
-        shapes = [catalog.load_table_shape(conn, catalog.table_oid(conn, t)) for t in self._tables]
+        shapes = [
+            catalog.load_table_shape(conn, catalog.table_oid(conn, t))
+            for t in (self._tables if tables is None else tables)
+        ]
         non_empty = [s for s in shapes if _has_rows(conn, s)]
         started_us = int(time.time() * 1_000_000)
         self._log.info("cdc.snapshot_started", tables=len(shapes), lsn=format_lsn(consistent_lsn))
+        rows_read = 0
         batch: list[ChangeEvent] = []
         for index, shape in enumerate(non_empty):
             builder = TableEventBuilder(self.source.name, shape, self._options)
@@ -220,6 +320,7 @@ class Connector:
                 now_us = int(time.time() * 1_000_000)
                 batch.append(builder.event("r", None, builder.row(row), source, now_us))
                 self.stats.snapshot_rows += 1
+                rows_read += 1
                 if len(batch) >= self.source.snapshot_batch_rows:
                     self._publish(batch)
                     batch = []
@@ -228,6 +329,7 @@ class Connector:
         self._sink.flush(timeout=max(_SHUTDOWN_FLUSH_TIMEOUT_S, 600.0))
         self.stats.events_acknowledged = self._sink.acknowledged()
         self._log.info("cdc.snapshot_completed", rows=self.stats.snapshot_rows)
+        return rows_read
 
     # --- streaming ---------------------------------------------------------------------------
 
@@ -302,11 +404,29 @@ class Connector:
 
     def _publish(self, events: Sequence[ChangeEvent]) -> None:
         if events:
+            events = [self._within_limit(event) for event in events]
             self.stats.events_published = self._sink.publish(events)
             self.stats.count_topics([e.topic for e in events])
             for event in events:
                 # Keys and positions only (no values): the first line of a change's trail.
                 self._log.debug("cdc.event", topic=event.topic, key=event.key, lsn=event.lsn)
+
+    def _within_limit(self, event: ChangeEvent) -> ChangeEvent:
+        fitted, size = fit_event(event, self.source.max_event_bytes)
+        if fitted is not event:
+            # Keys and sizes only: the row's values may be personal data.
+            self._log.warning(
+                "cdc.event_oversized",
+                topic=event.topic,
+                key=event.key,
+                lsn=format_lsn(event.lsn),
+                bytes=size,
+                limit=self.source.max_event_bytes,
+                published="a marker (the engine dead-letters it)"
+                if is_marker(fitted)
+                else "without its before image",
+            )
+        return fitted
 
     def _track_commit(self, committed: CommittedTransaction) -> None:
         self._unconfirmed.append(

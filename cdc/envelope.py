@@ -289,6 +289,23 @@ def _dumps(data: object) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class Oversized:
+    """What a marker that stands in for a too-large event says about it.
+
+    Attributes:
+        bytes: The size of the event it replaced (JSON key and value).
+        limit: The source's ``max_event_bytes`` at the time.
+    """
+
+    bytes: int
+    limit: int
+
+    def as_payload(self) -> dict[str, int]:
+        """The ``oversized`` block of the marker's value."""
+        return {"bytes": self.bytes, "limit": self.limit}
+
+
+@dataclass(frozen=True, slots=True)
 class DecodedEvent:
     """A change event read back from bytes.
 
@@ -301,6 +318,8 @@ class DecodedEvent:
         source: The ``source`` block as sent.
         ts_ms: When the connector processed the change.
         row_schema: Column name → Kafka Connect field schema, when the event carried schemas.
+        oversized: Set on a marker the connector published instead of a too-large event (it
+            has no row images).
     """
 
     topic: str
@@ -311,6 +330,7 @@ class DecodedEvent:
     source: dict[str, Any]
     ts_ms: int | None
     row_schema: dict[str, dict[str, Any]] | None = None
+    oversized: Oversized | None = None
 
     @property
     def is_tombstone(self) -> bool:
@@ -362,7 +382,8 @@ def decode_event(topic: str, key: bytes | None, value: bytes | None) -> DecodedE
             raise EnvelopeError(
                 f"{topic}: value.{name} is {type(row).__name__}, expected an object"
             )
-    if op in ("c", "r", "u") and after is None:
+    oversized = _oversized(payload.get("oversized"))
+    if op in ("c", "r", "u") and after is None and oversized is None:
         raise EnvelopeError(f"{topic}: op {op!r} without value.after")
     if op == "d" and before is None and key_payload is None:
         raise EnvelopeError(f"{topic}: delete without value.before or key")
@@ -375,6 +396,7 @@ def decode_event(topic: str, key: bytes | None, value: bytes | None) -> DecodedE
         source=source,
         ts_ms=payload.get("ts_ms"),
         row_schema=_row_schema(schema),
+        oversized=oversized,
     )
 
 
@@ -399,6 +421,7 @@ def decoded_from(event: ChangeEvent) -> DecodedEvent:
         source=value["source"],
         ts_ms=value.get("ts_ms"),
         row_schema=_row_schema(event.value_schema),
+        oversized=_oversized(value.get("oversized")),
     )
 
 
@@ -433,6 +456,8 @@ def encode_decoded(event: DecodedEvent) -> tuple[bytes | None, bytes | None]:
         "op": event.op,
         "ts_ms": event.ts_ms,
     }
+    if event.oversized is not None:
+        payload["oversized"] = event.oversized.as_payload()
     if event.row_schema is None:
         return key, _dumps_any(payload)
     row = {"type": "struct", "fields": list(event.row_schema.values()), "optional": True}
@@ -449,6 +474,15 @@ def _dumps_any(data: object) -> bytes:
         return orjson.dumps(data)
     except TypeError:  # integers beyond 64 bits, which JSON allows and orjson refuses
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _oversized(block: Any) -> Oversized | None:
+    if not isinstance(block, dict):
+        return None
+    size, limit = block.get("bytes"), block.get("limit")
+    if not isinstance(size, int) or not isinstance(limit, int):
+        return None
+    return Oversized(size, limit)
 
 
 def _row_schema(envelope_schema: dict[str, Any] | None) -> dict[str, dict[str, Any]] | None:

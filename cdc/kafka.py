@@ -84,7 +84,9 @@ class KafkaSink:
     the broker has acknowledged. If either process dies the other notices at once (end of pipe).
     """
 
-    def __init__(self, config: KafkaConfig, schemas_enable: bool) -> None:
+    def __init__(
+        self, config: KafkaConfig, schemas_enable: bool, max_event_bytes: int = 1_000_000
+    ) -> None:
         self._schemas_enable = schemas_enable
         # A plain subprocess (not multiprocessing) so daemonic hosts may use the sink too.
         parent_socket, child_socket = socket.socketpair()
@@ -98,7 +100,10 @@ class KafkaSink:
         self._acknowledged = 0
         self._closed = False
         self._ready = False
-        self._send(("config", config))
+        # The connector keeps events within max_event_bytes; the producer's own limit leaves room
+        # for the schema wrapper so that it never refuses what the connector let through.
+        max_request_size = max(_MIN_REQUEST_BYTES, max_event_bytes + _SCHEMA_ROOM_BYTES)
+        self._send(("config", config, max_request_size))
         self._wait_for(lambda: self._ready, timeout=60, what="the Kafka producer to start")
 
     def publish(self, events: Sequence[ChangeEvent]) -> int:
@@ -175,6 +180,8 @@ class KafkaSink:
 
 
 _ACK_POLL_S = 0.002
+_MIN_REQUEST_BYTES = 16 * 1024 * 1024
+_SCHEMA_ROOM_BYTES = 1024 * 1024
 
 
 def _run_producer(pipe: Connection) -> None:
@@ -184,7 +191,7 @@ def _run_producer(pipe: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        _, config = pipe.recv()
+        _, config, max_request_size = pipe.recv()
     except EOFError:
         return
     try:
@@ -194,7 +201,7 @@ def _run_producer(pipe: Connection) -> None:
             enable_idempotence=True,
             linger_ms=config.linger_ms,
             batch_size=512 * 1024,
-            max_request_size=16 * 1024 * 1024,
+            max_request_size=max_request_size,
             **_client_options(config),
         )
     except KafkaError as exc:

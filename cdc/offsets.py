@@ -23,11 +23,16 @@ class ConnectorOffset:
         slot: The slot this state belongs to.
         snapshot_completed: Whether every snapshot row of this slot has been acknowledged.
         lsn: The last LSN confirmed to the server (informational: the slot is authoritative).
+        tables: The tables (quoted ``schema.table``) whose existing rows are covered: read by a
+            snapshot, or left out on purpose (``snapshot = "never"``). A configured table missing
+            here was added to the config since, and its rows are read on the next start.
+            ``None`` in offsets saved before tables were recorded.
     """
 
     slot: str
     snapshot_completed: bool
     lsn: int | None = None
+    tables: tuple[str, ...] | None = None
 
     def to_json(self) -> bytes:
         """Serialised form stored in offset topics and tables."""
@@ -42,7 +47,13 @@ class ConnectorOffset:
         """
         try:
             raw = json.loads(data)
-            return cls(str(raw["slot"]), bool(raw["snapshot_completed"]), raw.get("lsn"))
+            tables = raw.get("tables")
+            return cls(
+                str(raw["slot"]),
+                bool(raw["snapshot_completed"]),
+                raw.get("lsn"),
+                None if tables is None else tuple(str(t) for t in tables),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise CaptureError(f"stored connector offset is unreadable: {data[:200]!r}") from exc
 

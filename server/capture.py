@@ -65,7 +65,11 @@ class CaptureService:
 
     def _run_source(self, source: SourceConfig) -> None:
         def attempt() -> None:
-            sink = KafkaSink(self.kafka, schemas_enable=source.schemas_enable)
+            sink = KafkaSink(
+                self.kafka,
+                schemas_enable=source.schemas_enable,
+                max_event_bytes=source.max_event_bytes,
+            )
             connector = Connector(source, sink, KafkaOffsetStore(self.kafka))
             self.connectors[source.name] = connector
             metrics.CONNECTORS.add(connector)

@@ -295,7 +295,10 @@ def _run_dead_letters(args: argparse.Namespace) -> int:
                 print(f"{len(letters)} dead letter(s)")
             return EXIT_OK
         report = dead_letters.replay(
-            store, build_pipeline(config, store, "replay"), None if args.all else args.ids
+            store,
+            build_pipeline(config, store, "replay"),
+            None if args.all else args.ids,
+            capture=config.capture,
         )
     finally:
         store.close()

@@ -30,6 +30,8 @@ class SlotState:
     confirmed_flush_lsn: int | None
     wal_status: str | None
     active_pid: int | None
+    restart_lsn: int | None = None
+    """The oldest WAL the slot still needs: no change it will stream starts before it."""
 
 
 def check_server(conn: psycopg.Connection[Any]) -> str:
@@ -138,8 +140,13 @@ def _near_miss(conn: psycopg.Connection[Any], table: TableName) -> str:
     return f" (did you mean {names}?)"
 
 
-def ensure_publication(conn: psycopg.Connection[Any], name: str, tables: list[TableName]) -> None:
+def ensure_publication(
+    conn: psycopg.Connection[Any], name: str, tables: list[TableName]
+) -> set[TableName]:
     """Create the publication, or set its tables to exactly the configured ones.
+
+    Returns:
+        The configured tables the publication did not have before (all of them when it is new).
 
     Raises:
         PreflightError: The role may not create or alter the publication.
@@ -153,7 +160,7 @@ def ensure_publication(conn: psycopg.Connection[Any], name: str, tables: list[Ta
                     sql.Identifier(name), table_list
                 )
             )
-            return
+            return set(tables)
         published = {
             TableName(s, t)
             for s, t in conn.execute(
@@ -167,6 +174,7 @@ def ensure_publication(conn: psycopg.Connection[Any], name: str, tables: list[Ta
                     sql.Identifier(name), table_list
                 )
             )
+        return set(tables) - published
     except psycopg.Error as exc:
         raise PreflightError(
             f"could not create or update publication {name!r}: {exc.diag.message_primary or exc}",
@@ -178,15 +186,21 @@ def ensure_publication(conn: psycopg.Connection[Any], name: str, tables: list[Ta
 def slot_state(conn: psycopg.Connection[Any], slot: str) -> SlotState | None:
     """The slot's state, or ``None`` if there is no such slot."""
     row = conn.execute(
-        "SELECT slot_name, plugin, database, confirmed_flush_lsn::text, wal_status, active_pid "
-        "FROM pg_replication_slots WHERE slot_name = %s",
+        "SELECT slot_name, plugin, database, confirmed_flush_lsn::text, wal_status, active_pid, "
+        "restart_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
         (slot,),
     ).fetchone()
     if row is None:
         return None
-    name, plugin, database, confirmed, wal_status, active_pid = row
+    name, plugin, database, confirmed, wal_status, active_pid, restart = row
     return SlotState(
-        name, plugin, database, parse_lsn(confirmed) if confirmed else None, wal_status, active_pid
+        name,
+        plugin,
+        database,
+        parse_lsn(confirmed) if confirmed else None,
+        wal_status,
+        active_pid,
+        parse_lsn(restart) if restart else None,
     )
 
 
@@ -214,6 +228,26 @@ def check_slot_usable(state: SlotState, database: str) -> None:
             "stop the other connector, or terminate it with "
             f"SELECT pg_terminate_backend({state.active_pid});",
         )
+
+
+def slot_invalidation(conn: psycopg.Connection[Any], slot: str) -> str | None:
+    """Why the server invalidated the slot (``wal_removed``, ``idle_timeout``…), or ``None``.
+
+    An invalidated slot still exists but can stream nothing any more. PostgreSQL 17 and later
+    say why in ``invalidation_reason`` (read through ``to_jsonb`` so that older servers, which
+    lack the column, give NULL); from 13 on, ``wal_status = 'lost'`` means its WAL was removed.
+    """
+    row = conn.execute(
+        "SELECT wal_status, to_jsonb(s) ->> 'invalidation_reason' FROM pg_replication_slots s "
+        "WHERE slot_name = %s",
+        (slot,),
+    ).fetchone()
+    if row is None:
+        return None
+    wal_status, reason = row
+    if reason is not None:
+        return str(reason)
+    return "wal_removed" if wal_status == "lost" else None
 
 
 def drop_slot(conn: psycopg.Connection[Any], slot: str) -> None:

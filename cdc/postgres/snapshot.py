@@ -37,14 +37,23 @@ class SnapshotReader:
         """The snapshot transaction's connection (catalog reads here see the snapshot too)."""
         return self._conn
 
+    def database(self) -> str:
+        """The name of the database the transaction reads (``source.db`` of its events)."""
+        row = self._conn.execute("SELECT current_database()").fetchone()
+        return str(row[0]) if row else ""
+
     def read_rows(
-        self, shape: TableShape, batch_rows: int
+        self, shape: TableShape, batch_rows: int, where: sql.Composable | None = None
     ) -> Iterator[list[tuple[ColumnValue, ...]]]:
-        """Yield the table's rows in batches of at most ``batch_rows``."""
+        """Yield the table's rows (those matching ``where``, if given) in batches of at most
+        ``batch_rows``, in COPY text format: the output functions pgoutput uses too."""
         columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in shape.columns)
-        query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(
+        select = sql.SQL("SELECT {} FROM {}").format(
             columns, sql.Identifier(shape.schema, shape.name)
         )
+        if where is not None:
+            select += sql.SQL(" WHERE ") + where
+        query = sql.SQL("COPY ({}) TO STDOUT").format(select)
         batch: list[tuple[ColumnValue, ...]] = []
         try:
             with self._conn.cursor().copy(query) as copy:

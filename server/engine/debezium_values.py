@@ -43,6 +43,7 @@ __all__ = [
     "UNAVAILABLE",
     "ColumnError",
     "DecoderMemo",
+    "MissingColumn",
     "RowReader",
     "TimeUnit",
     "Unavailable",
@@ -407,6 +408,14 @@ class ColumnError(ValueError):
         self.column, self.step, self.reason, self.value = column, step, reason, value
 
 
+class MissingColumn(ColumnError):
+    """The event's row has no such column: the source table no longer matches the mapping.
+
+    Not a bad value but a schema change (the column was renamed or dropped while running), so
+    every later event of the table fails the same way until the mapping follows the source.
+    """
+
+
 DecoderMemo = dict[str, tuple[Mapping[str, Any], Decoder | None]]
 """Column → (the field schema last seen, its decoder): kept per table by the caller."""
 
@@ -446,9 +455,13 @@ class RowReader:
         if column not in after:
             known = sorted(after)
             close = difflib.get_close_matches(column, known, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ColumnError(
-                column, None, f"not in the event's row{hint}; it has {', '.join(known)}", None
+            hint = f" did you mean {close[0]}?" if close else ""
+            raise MissingColumn(
+                column,
+                None,
+                f"not in the event's row (renamed or dropped in the source?{hint});"
+                f" it has {', '.join(known)}",
+                None,
             )
         value = after[column]
         if is_unavailable(value):

@@ -27,6 +27,7 @@ from .debezium_values import (
     UNAVAILABLE,
     ColumnError,
     DecoderMemo,
+    MissingColumn,
     RowReader,
     TimeUnit,
     to_epoch_micros,
@@ -63,6 +64,8 @@ class MappingError(Exception):
         column: The column whose value failed, when one did.
         transform: The transform (or decoding step) that rejected it.
         value: The value it rejected.
+        missing_column: The column is not in the event at all (the source table was changed
+            under the mapping), rather than holding a value the mapping rejects.
     """
 
     def __init__(
@@ -75,9 +78,11 @@ class MappingError(Exception):
         column: str | None = None,
         transform: str | None = None,
         value: object = None,
+        missing_column: bool = False,
     ) -> None:
         self.reason, self.source, self.table, self.key = reason, source, table, key
         self.column, self.transform, self.value = column, transform, value
+        self.missing_column = missing_column
         parts = [f"{source}/{table}"]
         if key is not None:
             parts.append(f"key {key}")
@@ -85,7 +90,8 @@ class MappingError(Exception):
             parts.append(f"column {column!r}")
         if transform is not None:
             parts.append(f"transform {transform}")
-        detail = f" (value {shown_value(value)})" if column is not None else ""
+        # An absent column has no value to show.
+        detail = f" (value {shown_value(value)})" if column is not None and not missing_column else ""
         self.without_value = f"{', '.join(parts)}: {reason}"
         """The message without the rejected value (which may be personal data), for logs."""
         super().__init__(f"{self.without_value}{detail}")
@@ -289,6 +295,7 @@ class TableMapping:
                 column=exc.column,
                 transform=exc.step,
                 value=exc.value,
+                missing_column=isinstance(exc, MissingColumn),
             ) from None
         return SourceRecord(key, fields, frozenset(identifiers), version, commit_time_us, position)
 

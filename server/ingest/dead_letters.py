@@ -5,20 +5,36 @@ transaction that also removes its dead letter, so it is either applied and gone 
 An event that fails again stays, and the report says why. Replaying never reorders a record's
 history: the image carries its source position, so an event older than what the store holds for
 that record changes nothing (and its dead letter is removed: it is no longer needed).
+
+A marker the connector published instead of a too-large event holds no row to replay: given the
+capture config, replay reads the row again from its source and applies it if it is now within
+``max_event_bytes`` (a row that no longer exists is applied as deleted). The row as read now is at
+least as new as anything the store holds for it, which may include later changes applied while the
+marker waited; so, as ``reconcile --repair`` does, it is applied as a forced image at the stored
+position (or the marker's, if later), and changes still in flight apply over it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
+from unified_profile.cdc.config import CaptureConfig
+from unified_profile.cdc.envelope import DecodedEvent, decode_event, decoded_from
+from unified_profile.cdc.errors import CaptureError, EnvelopeError
+from unified_profile.cdc.identifiers import TableName
+from unified_profile.cdc.oversized import fit_event, is_marker
+from unified_profile.cdc.postgres.reread import reread_row
+
 from ..engine.records import SourceRecord
 from ..store.profile_store import ProfileStore
 from ..store.store_batch import StoreBatch
 from .applier import IncomingRecord
+from .mapper import oversized_reason
 from .pipeline import EventRejected, IngestPipeline, StreamEvent, TableTruncated
 
 log = structlog.get_logger(__name__)
@@ -73,9 +89,15 @@ def list_dead_letters(store: ProfileStore, limit: int | None = None) -> list[Dea
 
 
 def replay(
-    store: ProfileStore, pipeline: IngestPipeline, ids: Collection[int] | None = None
+    store: ProfileStore,
+    pipeline: IngestPipeline,
+    ids: Collection[int] | None = None,
+    capture: CaptureConfig | None = None,
 ) -> ReplayReport:
-    """Replay these dead letters (``None``: all of them)."""
+    """Replay these dead letters (``None``: all of them).
+
+    ``capture`` lets markers of too-large events be replayed by reading their rows again.
+    """
     report = ReplayReport()
     incoming: list[IncomingRecord] = []
     truncates: list[tuple[TableTruncated, dict[str, object]]] = []
@@ -91,7 +113,10 @@ def replay(
         event = StreamEvent(
             row["stream"], int(row["position"]), row["topic"], row["key"], row["value"]
         )
+        reread = False
         try:
+            if capture is not None:
+                event, reread = _current_row(capture, event)
             record, cause = pipeline.map_event(event)
         except EventRejected as exc:
             report.failed[letter_id] = exc.reason
@@ -99,6 +124,11 @@ def replay(
         cause = {**cause, "replayed_dead_letter": letter_id}
         if isinstance(record, TableTruncated):
             truncates.append((record, cause))
+        elif isinstance(record, SourceRecord) and reread:
+            stored = store.records([record.key]).get(record.key)
+            if stored is not None and stored.record.position > record.position:
+                record = dataclasses.replace(record, position=stored.record.position)
+            incoming.append(IncomingRecord(record, cause, force=True))
         elif isinstance(record, SourceRecord):
             incoming.append(IncomingRecord(record, cause))
         report.applied.append(letter_id)
@@ -115,3 +145,34 @@ def replay(
         profile_changes=report.profile_changes,
     )
     return report
+
+
+def _current_row(capture: CaptureConfig, letter: StreamEvent) -> tuple[StreamEvent, bool]:
+    """For a too-large event's marker, the row as its source holds it now (and ``True``);
+    else ``letter`` (and ``False``).
+
+    Raises:
+        EventRejected: The row is still over the limit, or cannot be read.
+    """
+    try:
+        marker = decode_event(letter.topic, letter.key, letter.value)
+    except EnvelopeError:
+        return letter, False  # mapping it says why, as ingest did
+    if marker.oversized is None or marker.key is None:
+        return letter, False
+    name = str(marker.source.get("name"))
+    table = TableName(str(marker.source.get("schema")), str(marker.source.get("table")))
+    try:
+        source = capture.source(name)
+        current = reread_row(source, table, marker.key, marker.lsn or 0)
+    except CaptureError as exc:
+        raise EventRejected(f"could not read the row again from source {name!r}: {exc}") from exc
+    if current is None:
+        # Deleted since: the row's last image is a deleted one, at the marker's position.
+        gone = DecodedEvent(letter.topic, marker.key, "d", None, None, marker.source, None)
+        return StreamEvent(letter.stream, letter.position, letter.topic, decoded=gone), True
+    fitted, _ = fit_event(current, source.max_event_bytes)
+    if is_marker(fitted):
+        raise EventRejected(oversized_reason(decoded_from(fitted)))
+    row = StreamEvent(letter.stream, letter.position, letter.topic, decoded=decoded_from(fitted))
+    return row, True

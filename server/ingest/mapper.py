@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 from unified_profile.cdc.envelope import DecodedEvent
+from unified_profile.cdc.lsn import format_lsn
 
 from ..engine.mapping import MappingError
 from ..engine.mapping_config import MappingConfig
@@ -22,6 +24,8 @@ class ConfiguredMapper:
         """The record image an event leaves behind (``None`` for a tombstone)."""
         if event.is_tombstone:
             return None  # the delete before it already removed the row
+        if event.oversized is not None:
+            raise MappingFailed(oversized_reason(event))
         found = self._mapping.for_topic(event.topic)
         if found is None:
             raise MappingFailed(
@@ -48,3 +52,19 @@ class ConfiguredMapper:
             # change sits at C - 1.)
             record = replace(record, position=record.position - 1)
         return record
+
+
+def oversized_reason(event: DecodedEvent) -> str:
+    """Why a marker for a too-large event is a dead letter, and how to get its row applied."""
+    assert event.oversized is not None
+    source = event.source.get("name")
+    table = f"{event.source.get('schema')}.{event.source.get('table')}"
+    key = json.dumps(event.key, sort_keys=True, separators=(",", ":"))
+    return (
+        f"source {source!r} table {table} key {key} at LSN {format_lsn(event.lsn or 0)}: the "
+        f"change event is {event.oversized.bytes:,} bytes, over max_event_bytes = "
+        f"{event.oversized.limit:,}, so the connector sent a marker in its place; raise "
+        f"max_event_bytes for source {source!r} (with Kafka, also the broker's message.max.bytes "
+        "or the topic's max.message.bytes), then run `unified-profile dead-letters replay`: it "
+        "reads the row again from the source"
+    )

@@ -22,6 +22,7 @@ from unified_profile.cdc.envelope import DecodedEvent, decode_event, encode_deco
 from unified_profile.cdc.errors import EnvelopeError
 
 from .. import metrics
+from ..engine.mapping import MappingError
 from ..engine.records import SourceRecord
 from ..store.profile_store import ChangeRow, ProfileStore, StoreBatch, StoreError
 from .applier import IncomingRecord, ProfileApplier
@@ -35,12 +36,20 @@ class EventRejected(Exception):
     Attributes:
         reason: Why, with the rejected value: stored with the dead letter, for whoever fixes it.
         loggable: Why, without values that may be personal data: what the log says.
+        missing_column: (source, table, column) when the event lacks a mapped column: the
+            source's schema changed under the mapping.
     """
 
-    def __init__(self, reason: str, loggable: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        loggable: str | None = None,
+        missing_column: tuple[str, str, str] | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.loggable = reason if loggable is None else loggable
+        self.missing_column = missing_column
 
 
 class MappingFailed(Exception):
@@ -122,6 +131,9 @@ class IngestPipeline:
         self._mapper = mapper
         self._applier = applier
         self.consumer = consumer
+        # Mapped columns found missing, reported once each: every later event of the table
+        # fails the same way, and its dead-letter lines already say so one by one.
+        self._missing_reported: set[tuple[str, str, str]] = set()
 
     def apply(self, events: Sequence[StreamEvent]) -> BatchResult:
         """Decode, map and apply ``events`` in one transaction (retried on transient failures).
@@ -181,6 +193,12 @@ class IngestPipeline:
                 _check_storable(record)
             return record, _cause(decoded, event)
         except MappingFailed as exc:
+            cause = exc.__cause__
+            if isinstance(cause, MappingError) and cause.missing_column and cause.column:
+                fix = f"; fix: {missing_column_fix(cause.source, cause.table, cause.column)}"
+                raise EventRejected(
+                    f"{exc}{fix}", f"{exc.loggable}{fix}", (cause.source, cause.table, cause.column)
+                ) from exc
             raise EventRejected(str(exc), exc.loggable) from exc
         except EnvelopeError as exc:
             raise EventRejected(str(exc)) from exc
@@ -204,11 +222,24 @@ class IngestPipeline:
             also(batch)
         return changes
 
-    @staticmethod
     def _dead_letter(
-        dead: list[tuple[StreamEvent, str]], event: StreamEvent, rejected: EventRejected
+        self, dead: list[tuple[StreamEvent, str]], event: StreamEvent, rejected: EventRejected
     ) -> None:
         dead.append((event, rejected.reason))
+        missing = rejected.missing_column
+        if missing is not None and missing not in self._missing_reported:
+            self._missing_reported.add(missing)
+            source, table, column = missing
+            log.error(
+                "ingest.mapped_column_missing",
+                source=source,
+                table=table,
+                column=column,
+                topic=event.topic,
+                note="this table's changes are kept as dead letters, not applied, until the "
+                "mapping is fixed; other tables go on",
+                fix=missing_column_fix(source, table, column),
+            )
         # The stored reason names the rejected value; the log line does not (personal data).
         log.warning(
             "ingest.dead_letter",
@@ -221,6 +252,17 @@ class IngestPipeline:
     def positions(self) -> dict[str, int]:
         """The last applied position of each stream, as committed in the store."""
         return self._store.load_positions(self.consumer)
+
+
+def missing_column_fix(source: str, table: str, column: str) -> str:
+    """What the operator does when a mapped column is gone from the source (renamed, dropped)."""
+    return (
+        f"in the config's [[sources.tables]] entry for {table} (source {source!r}), map the "
+        f"column's new name or remove the fields that use {column!r}; restart the service; then "
+        "run `unified-profile dead-letters replay --config <file> --all` to apply the held-back "
+        "changes, and `unified-profile reconcile --config <file>` (with `--repair` if it reports "
+        "stale records)"
+    )
 
 
 def _record_bytes(event: StreamEvent) -> tuple[bytes | None, bytes | None]:

@@ -45,8 +45,7 @@ def read_source(
     reader = SnapshotReader(source.dsn, None)
     try:
         conn = reader.connection
-        row = conn.execute("SELECT current_database()").fetchone()
-        database = str(row[0]) if row else ""
+        database = reader.database()
         options = EncodingOptions(decimal_handling=source.decimal_handling)
         for table in source.tables:
             shape = catalog.load_table_shape(conn, catalog.table_oid(conn, table.table))

@@ -6,6 +6,7 @@ errors, and a handler that fails hands its exception to :func:`status_of`. The e
     Exception
     ├── InvalidArgument (ValueError)      INVALID_ARGUMENT   a request field is invalid; names it
     ├── FailedPrecondition                FAILED_PRECONDITION the state forbids it (message says why)
+    ├── ReplyTooLarge                     RESOURCE_EXHAUSTED the answer would exceed the message limit
     ├── LookupError
     │   ├── ProfileNotFound               NOT_FOUND          unknown, deleted or forgotten profile
     │   └── UnknownRecord                 NOT_FOUND          a steward named a record that is gone
@@ -50,6 +51,14 @@ class FailedPrecondition(Exception):
     """The request is valid but the current state does not allow it (the message says why)."""
 
 
+class ReplyTooLarge(Exception):
+    """The answer would be larger than the server may send (``max_message_bytes``).
+
+    Raised before sending, so the client is told what to ask for instead of gRPC's bare "Sent
+    message larger than max".
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class _Mapping:
     error: type[BaseException]
@@ -62,6 +71,7 @@ class _Mapping:
 _TABLE: tuple[_Mapping, ...] = (
     _Mapping(InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     _Mapping(FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    _Mapping(ReplyTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     _Mapping(ProfileNotFound, grpc.StatusCode.NOT_FOUND),
     _Mapping(UnknownRecord, grpc.StatusCode.NOT_FOUND),
     _Mapping(QueryTimedOut, grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed"),
@@ -103,7 +113,15 @@ def is_expected(code: grpc.StatusCode) -> bool:
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.UNIMPLEMENTED,
         grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
     )
 
 
-__all__ = ["INTERNAL_MESSAGE", "FailedPrecondition", "InvalidArgument", "is_expected", "status_of"]
+__all__ = [
+    "INTERNAL_MESSAGE",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "ReplyTooLarge",
+    "is_expected",
+    "status_of",
+]

@@ -146,6 +146,7 @@ def build_service(
         subscriptions=subscriptions,
         db_threads=config.grpc.db_threads,
         read_connections=config.grpc.read_connections,
+        max_reply_bytes=config.grpc.max_message_bytes,
     )
 
 

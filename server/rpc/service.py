@@ -41,7 +41,7 @@ from ..store.profile_store import ProfileStore
 from ..store.read_pool import ProfileReadPool
 from . import convert
 from .auth import current_principal
-from .errors import FailedPrecondition, InvalidArgument, is_expected, status_of
+from .errors import FailedPrecondition, InvalidArgument, ReplyTooLarge, is_expected, status_of
 from .explain import explain_profile
 from .steward_ops import StewardOps
 from .validation import parse_identifier, validate_profile_id, validate_reason
@@ -111,6 +111,8 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
         read_pool: The hot-path reads; by default the service opens one on ``store.dsn``
             (``read_connections`` connections) and closes it in :meth:`aclose`.
         read_connections: Connections of the default read pool.
+        max_reply_bytes: The largest answer the server may send (``max_message_bytes``): a
+            larger batch is refused with a message saying what to ask for instead.
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
         executor: Executor | None = None,
         read_pool: ProfileReadPool | None = None,
         read_connections: int = 8,
+        max_reply_bytes: int | None = None,
     ) -> None:
         if read_pool is None:
             if store.dsn is None:
@@ -133,6 +136,7 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
         else:
             self._own_read_pool = False
         self._read_pool = read_pool
+        self._max_reply_bytes = max_reply_bytes
         self._reads = ProfileReads.of(store)
         self._types = identifier_types
         self._rules = rules
@@ -270,7 +274,17 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
                 result.profile.CopyFrom(
                     convert.apply_field_mask(convert.profile_to_proto(resolved.profile), mask)
                 )
+        self._check_reply_size(response, "ask for fewer refs, or fewer fields with field_mask")
         return response
+
+    def _check_reply_size(self, response: Any, advice: str) -> None:
+        """Refuse an answer gRPC would fail to send, saying what to ask for instead."""
+        limit = self._max_reply_bytes
+        if limit is not None and (size := response.ByteSize()) > limit:
+            raise ReplyTooLarge(
+                f"the reply would be {size:,} bytes, over the server's max_message_bytes "
+                f"({limit:,}): {advice}"
+            )
 
     @_rpc
     async def GetProfileHistory(

@@ -30,6 +30,8 @@ from unified_profile.server.devstack import pick_free_port
 from unified_profile.v1 import profile_pb2
 
 from ..command_process import CommandProcess
+from ..store_state import assert_change_log_sound as assert_change_log_sound
+from ..store_state import canonical, profiles_by_members
 from ..waiting import wait_for
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
@@ -241,54 +243,6 @@ def change_log(store_dsn: str) -> list[tuple[int, str, str]]:
             "SELECT sequence, profile_id, kind FROM up_change_log ORDER BY sequence"
         ).fetchall()
     return [(int(s), str(p), str(k)) for s, p, k in rows]
-
-
-def assert_change_log_sound(store_dsn: str) -> int:
-    """Sequences are exactly 1..head, and no change is logged twice for one source event."""
-    with psycopg.connect(store_dsn) as conn:
-        row = conn.execute("SELECT sequence FROM up_change_log_head").fetchone()
-        top = int(row[0]) if row else 0
-        rows = conn.execute(
-            "SELECT sequence, profile_id, kind, changes, related, cause FROM up_change_log "
-            "ORDER BY sequence"
-        ).fetchall()
-    assert [r[0] for r in rows] == list(range(1, top + 1)), "change log is not gap-free 1..head"
-    first_seen: dict[tuple[Any, ...], int] = {}
-    repeated = []
-    for sequence, profile, kind, changes, related, cause in rows:
-        for event in cause:
-            identity = (
-                profile, kind, canonical(changes), canonical(related),
-                event["source"], event["table"], canonical(event["key"]), event["lsn"],
-            )
-            if identity in first_seen:
-                repeated.append((first_seen[identity], sequence, identity))
-            else:
-                first_seen[identity] = sequence
-    assert not repeated, f"changes repeated for the same source event: {repeated[:3]}"
-    return top
-
-
-def canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def profiles_by_members(store_dsn: str) -> dict[frozenset[str], str]:
-    """Each profile as (the set of live records it holds) → its field values (as JSON)."""
-    with psycopg.connect(store_dsn) as conn:
-        fields = dict(conn.execute("SELECT profile_id, fields FROM up_profiles").fetchall())
-        members: dict[str, set[str]] = {}
-        for source, table, key, profile in conn.execute(
-            "SELECT source, table_name, record_key, profile_id FROM up_source_records "
-            "WHERE NOT deleted"
-        ):
-            assert profile is not None, f"live record {source}/{table}/{key} is in no profile"
-            members.setdefault(profile, set()).add(f"{source}/{table}/{key}")
-    assert members.keys() == fields.keys(), "profiles without records, or records in no profile"
-    return {
-        frozenset(members[p]): canonical({path: f["value"] for path, f in fields[p].items()})
-        for p in fields
-    }
 
 
 def live_images(store_dsn: str) -> dict[tuple[str, str, str], str]:

@@ -14,17 +14,14 @@ is a lost cluster, not an outage. The broker is paused instead (SIGSTOP, then SI
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from unified_profile_client import ProfileClient
 
-from unified_profile.server.devstack import EmbeddedPostgres, TansuBroker
+from unified_profile.server.devstack import TansuBroker
 
 from .support import (
     TOKEN,
@@ -40,19 +37,6 @@ from .support import (
     wait_for,
     write_config,
 )
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[EmbeddedPostgres]:
-    """A PostgreSQL server of the test's own (outside pytest's base temp, as the session's)."""
-    root = Path(tempfile.mkdtemp(prefix="up-fault-postgres-"))
-    server = EmbeddedPostgres(root / "data", settings={"fsync": "off"})
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _retries(service: RunProcess, prefix: str) -> list[dict]:

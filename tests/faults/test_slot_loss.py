@@ -1,4 +1,5 @@
-"""A replication slot dropped (as an operator or ``max_slot_wal_keep_size`` would lose it).
+"""A replication slot dropped (as an operator would), or invalidated by the server (its WAL
+removed under ``max_slot_wal_keep_size``).
 
 With ``snapshot = "initial"`` the service refuses to start, saying what happened and how to fix
 it (exit 3). With ``snapshot = "when_needed"`` it creates a new slot and re-reads the tables; a
@@ -8,6 +9,8 @@ record whose values did not change while the slot was gone causes no profile cha
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import psycopg
 import pytest
@@ -53,6 +56,23 @@ def _changes_after(store_dsn: str, sequence: int) -> list[tuple[int, str, dict, 
         return conn.execute(
             "SELECT sequence, kind, changes, cause FROM up_change_log WHERE sequence > %s"
             " ORDER BY sequence", (sequence,)).fetchall()
+
+
+def _assert_only_the_tier_change(
+    store_dsn: str, before: int, member: str, deployment: Deployment, env: dict[str, str]
+) -> None:
+    """The one profile change after ``before`` is ``member``'s tier becoming platinum, made
+    while the slot was gone: the re-read records of that profile are among its causes (they
+    were recomputed with it), and no unchanged record caused a change of its own."""
+    after = _changes_after(store_dsn, before)
+    assert [(kind, changes) for _, kind, changes, _ in after] == [
+        ("UPDATED", {"loyalty.tier": {"old": after[0][2]["loyalty.tier"]["old"],
+                                      "new": "platinum"}})
+    ], after[:5]
+    causes = {(c["table"], json.dumps(c["key"])) for c in after[0][3]}
+    assert ("loyalty.members", json.dumps({"member_id": member})) in causes
+    assert assert_change_log_sound(store_dsn) == before + 1
+    assert reconcile(deployment, env)[0] == 0
 
 
 def _first_run(tmp_path, sources: DemoSources, store_dsn: str, suffix: str, snapshot: str):
@@ -130,14 +150,140 @@ def test_lost_slot_with_when_needed_resnapshots_without_spurious_changes(
     # The loyalty tables were read again in full ...
     (completed,) = service.log_events("cdc.snapshot_completed")
     assert completed["source"] == "loyalty" and completed["rows"] > 500
-    # ... and the only profile change is the one made while the slot was gone (the re-read
-    # records of that profile are among its causes: they were recomputed with it).
-    after = _changes_after(store_dsn, before)
-    assert [(kind, changes) for _, kind, changes, _ in after] == [
-        ("UPDATED", {"loyalty.tier": {"old": after[0][2]["loyalty.tier"]["old"],
-                                      "new": "platinum"}})
-    ], after[:5]
-    causes = {(c["table"], json.dumps(c["key"])) for c in after[0][3]}
-    assert ("loyalty.members", json.dumps({"member_id": member})) in causes
-    assert assert_change_log_sound(store_dsn) == before + 1
+    # ... and the only profile change is the one made while the slot was gone.
+    _assert_only_the_tier_change(store_dsn, before, member, deployment, env)
+
+
+# --- invalidated by the server, not dropped -----------------------------------------------------
+
+
+@pytest.fixture
+def sources_loyalty_apart(own_postgres, new_database, seed) -> DemoSources:
+    """The demo's sources, the loyalty database on a server of its own."""
+    return DemoSources.create(new_database("crm"), own_postgres.create_database("loyalty"), 400,
+                              seed)
+
+
+def _invalidate_slot(dsn: str, slot: str) -> str:
+    """Make the server invalidate ``slot`` (not in use) by removing WAL it needs; return why."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        conn.execute("SELECT pg_reload_conf()")
+        try:
+            for _ in range(30):
+                # WAL nobody captures, then a new segment and a checkpoint, which invalidates
+                # the slots that hold more than max_slot_wal_keep_size behind.
+                conn.execute("SELECT pg_logical_emit_message(false, 'filler', repeat('x', 2000000))")
+                conn.execute("SELECT pg_switch_wal()")
+                conn.execute("CHECKPOINT")
+                row = conn.execute(
+                    "SELECT wal_status, invalidation_reason FROM pg_replication_slots"
+                    " WHERE slot_name = %s", (slot,)).fetchone()
+                if row is not None and row[0] == "lost":
+                    return str(row[1])
+        finally:
+            # The slot that replaces it must not be invalidated in turn.
+            conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+            conn.execute("SELECT pg_reload_conf()")
+    raise AssertionError(f"slot {slot} was not invalidated")
+
+
+def test_invalidated_slot_with_snapshot_initial_refuses_and_names_the_fix(
+    tmp_path, sources_loyalty_apart, new_database, unique_name
+):
+    sources = sources_loyalty_apart
+    store_dsn = new_database("store")
+    deployment, env = _first_run(tmp_path, sources, store_dsn, unique_name("lost"), "initial")
+    slot = deployment.slots["loyalty"]
+    assert _invalidate_slot(sources.dsns["loyalty"], slot) == "wal_removed"
+
+    service = RunProcess(deployment, env, tmp_path / "refused.log")
+    try:
+        assert service.process.wait(120) == 3, service.log_tail()
+    finally:
+        service.stop()
+    said = service.log.read_text()
+    assert f"replication slot {slot!r} was invalidated by the server (wal_removed)" in said, \
+        said[-2000:]
+    assert 'set snapshot = "when_needed"' in said and "max_slot_wal_keep_size" in said
+    # The slot is left for the operator to see, and nothing was re-read or changed.
+    with psycopg.connect(sources.dsns["loyalty"]) as conn:
+        assert conn.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s",
+                            (slot,)).fetchone() == ("lost",)
     assert reconcile(deployment, env)[0] == 0
+
+
+def test_invalidated_slot_with_when_needed_resnapshots_without_spurious_changes(
+    tmp_path, sources_loyalty_apart, new_database, unique_name
+):
+    sources = sources_loyalty_apart
+    store_dsn = new_database("store")
+    deployment, env = _first_run(tmp_path, sources, store_dsn, unique_name("lostneeded"),
+                                 "when_needed")
+    before = head(store_dsn)
+    loyalty = sources.dsns["loyalty"]
+    with psycopg.connect(loyalty, autocommit=True) as conn:
+        member = conn.execute(
+            "SELECT member_id FROM loyalty.members WHERE tier_code <> 'PLT' ORDER BY member_id"
+            " LIMIT 1").fetchone()[0]
+        # Made while the service is stopped: its WAL is among what the server removes.
+        conn.execute("UPDATE loyalty.members SET tier_code = 'PLT', updated_at = now()"
+                     " WHERE member_id = %s", (member,))
+    _invalidate_slot(loyalty, deployment.slots["loyalty"])
+
+    service = RunProcess(deployment, env, tmp_path / "again.log")
+    try:
+        wait_for(lambda: service.log_events("cdc.snapshot_completed"), "the re-snapshot",
+                 died=[service.died])
+        _caught_up(service, deployment, sources)
+        assert service.stop() == 0, service.log_tail()
+    finally:
+        service.stop()
+
+    (invalidated,) = service.log_events("cdc.slot_invalidated")
+    assert invalidated["source"] == "loyalty" and invalidated["reason"] == "wal_removed"
+    assert invalidated["level"] == "warning"
+    (completed,) = service.log_events("cdc.snapshot_completed")
+    assert completed["source"] == "loyalty" and completed["rows"] > 500
+    _assert_only_the_tier_change(store_dsn, before, member, deployment, env)
+
+
+def test_a_slot_invalidated_while_streaming_is_recreated_without_a_restart(
+    tmp_path, sources_loyalty_apart, new_database, unique_name
+):
+    # The service is paused (SIGSTOP) so that its slot, still held by the server's walsender,
+    # falls behind; the server then ends that walsender and invalidates the slot. Resumed, the
+    # service finds its stream gone and must recover by itself, in the same process.
+    sources = sources_loyalty_apart
+    store_dsn = new_database("store")
+    deployment, env = _first_run(tmp_path, sources, store_dsn, unique_name("lostlive"),
+                                 "when_needed")
+    before = head(store_dsn)
+    loyalty = sources.dsns["loyalty"]
+    slot = deployment.slots["loyalty"]
+    service = RunProcess(deployment, env, tmp_path / "live.log")
+    try:
+        wait_for(lambda: len(service.log_events("cdc.streaming")) >= 2, "streaming",
+                 died=[service.died])
+        pid = service.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with psycopg.connect(loyalty, autocommit=True) as conn:
+                member = conn.execute(
+                    "UPDATE loyalty.members SET tier_code = 'PLT', updated_at = now()"
+                    " WHERE member_id = (SELECT min(member_id) FROM loyalty.members"
+                    " WHERE tier_code <> 'PLT') RETURNING member_id").fetchone()[0]
+            assert _invalidate_slot(loyalty, slot) == "wal_removed"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: service.log_events("cdc.snapshot_completed"), "the re-snapshot",
+                 died=[service.died])
+        _caught_up(service, deployment, sources)
+        assert service.process.pid == pid and service.died() is None
+        assert service.stop() == 0, service.log_tail()
+    finally:
+        service.stop()
+
+    (invalidated,) = service.log_events("cdc.slot_invalidated")
+    assert invalidated["source"] == "loyalty" and invalidated["reason"] == "wal_removed"
+    _assert_only_the_tier_change(store_dsn, before, member, deployment, env)

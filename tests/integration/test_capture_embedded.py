@@ -49,7 +49,6 @@ def test_slot_moves_only_after_the_consumer_acknowledges(new_database, unique_na
     assert connector.ready.wait(30)
 
     try:
-        start = _confirmed_lsn(dsn, source.slot_name)
         execute(dsn, "INSERT INTO customers VALUES (2, 'a@example.com')")
         with psycopg.connect(dsn) as conn:
             (written,) = conn.execute("SELECT (pg_current_wal_lsn() - '0/0')::bigint").fetchone()
@@ -57,10 +56,11 @@ def test_slot_moves_only_after_the_consumer_acknowledges(new_database, unique_na
         assert [(e.value["op"], e.value["after"]) for e in events] == [
             ("c", {"id": 2, "email": "a@example.com"})
         ]
-        # Several status intervals pass: still unacknowledged, so the slot must not move.
+        # Several status intervals pass: still unacknowledged, so the slot must not reach the
+        # change. (Before it, the slot may move: with nothing in flight the connector confirms
+        # WAL that other databases on the shared server wrote.)
         time.sleep(4 * source.status_interval_s)
-        assert _confirmed_lsn(dsn, source.slot_name) < written
-        assert _confirmed_lsn(dsn, source.slot_name) == start
+        assert _confirmed_lsn(dsn, source.slot_name) <= events[0].lsn
 
         sink.acknowledge(taken)
         deadline = time.monotonic() + 10

@@ -40,6 +40,7 @@ from unified_profile.server.store import migrate
 from unified_profile.server.store.profile_store import ProfileStore
 
 from ..command_process import CommandProcess
+from ..store_state import assert_change_log_sound, canonical, profiles_by_members
 from ..waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -429,37 +430,13 @@ def _wait_applied(
 # --- comparing stores -------------------------------------------------------------------------
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _profiles_by_members(dsn: str) -> dict[frozenset[str], str]:
-    """Each profile as (the set of live records it holds) → its field values (as JSON)."""
-    with psycopg.connect(dsn) as conn:
-        fields = dict(conn.execute("SELECT profile_id, fields FROM up_profiles").fetchall())
-        counts = dict(conn.execute("SELECT profile_id, record_count FROM up_profiles").fetchall())
-        members: dict[str, set[str]] = {}
-        for source, table, key, profile in conn.execute(
-            "SELECT source, table_name, record_key, profile_id FROM up_source_records "
-            "WHERE NOT deleted"
-        ):
-            assert profile is not None, f"live record {source}/{table}/{key} is in no profile"
-            members.setdefault(profile, set()).add(f"{source}/{table}/{key}")
-    assert members.keys() == fields.keys(), "profiles without records, or records in no profile"
-    assert all(counts[p] == len(m) for p, m in members.items()), "record_count is off"
-    return {
-        frozenset(members[p]): _canonical({path: f["value"] for path, f in fields[p].items()})
-        for p in fields
-    }
-
-
 def _record_images(dsn: str) -> dict[tuple[str, str, str], str]:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
             "SELECT source, table_name, record_key, fields, identifiers, version, position, "
             "deleted FROM up_source_records"
         ).fetchall()
-    return {(r[0], r[1], r[2]): _canonical(r[3:]) for r in rows}
+    return {(r[0], r[1], r[2]): canonical(r[3:]) for r in rows}
 
 
 def _assert_same_store(actual_dsn: str, reference_dsn: str) -> int:
@@ -468,7 +445,7 @@ def _assert_same_store(actual_dsn: str, reference_dsn: str) -> int:
     assert images.keys() == reference_images.keys()
     differing = [k for k in images if images[k] != reference_images[k]]
     assert not differing, f"record images differ: {[(k, images[k], reference_images[k]) for k in differing[:3]]}"
-    profiles, reference = _profiles_by_members(actual_dsn), _profiles_by_members(reference_dsn)
+    profiles, reference = profiles_by_members(actual_dsn), profiles_by_members(reference_dsn)
     only_here = {sorted(k)[0]: v for k, v in profiles.items() if reference.get(k) != v}
     only_there = {sorted(k)[0]: v for k, v in reference.items() if profiles.get(k) != v}
     assert not only_here and not only_there, (
@@ -476,32 +453,6 @@ def _assert_same_store(actual_dsn: str, reference_dsn: str) -> int:
         f"  reference:  {list(only_there.items())[:3]}"
     )
     return len(profiles)
-
-
-def _assert_change_log_sound(dsn: str) -> int:
-    """Sequences are exactly 1..head, and no change is logged twice for one source event."""
-    with psycopg.connect(dsn) as conn:
-        head = conn.execute("SELECT sequence FROM up_change_log_head").fetchone()[0]
-        rows = conn.execute(
-            "SELECT sequence, profile_id, kind, changes, related, cause FROM up_change_log "
-            "ORDER BY sequence"
-        ).fetchall()
-    sequences = [r[0] for r in rows]
-    assert sequences == list(range(1, head + 1)), "change log is not gap-free 1..head"
-    first_seen: dict[tuple[Any, ...], int] = {}
-    repeated = []
-    for sequence, profile, kind, changes, related, cause in rows:
-        for event in cause:
-            identity = (
-                profile, kind, _canonical(changes), _canonical(related),
-                event["source"], event["table"], _canonical(event["key"]), event["lsn"],
-            )
-            if identity in first_seen:
-                repeated.append((first_seen[identity], sequence, identity))
-            else:
-                first_seen[identity] = sequence
-    assert not repeated, f"changes repeated for the same source event: {repeated[:3]}"
-    return head
 
 
 def _in_batch(monitor: psycopg.Connection) -> bool:
@@ -582,8 +533,8 @@ def test_engine_sigkilled_mid_batch_and_restarted_ends_as_an_uninterrupted_run(
     assert sum(last.values()) > 350, context  # snapshot and traffic: plenty to apply
     profiles = _assert_same_store(store_dsn, reference_dsn)
     assert profiles > 50, context
-    assert _assert_change_log_sound(store_dsn) == head, context
-    assert _assert_change_log_sound(reference_dsn) == reference_head
+    assert assert_change_log_sound(store_dsn) == head, context
+    assert assert_change_log_sound(reference_dsn) == reference_head
     # The killed batches left nothing behind: the kills happened between ``kills[i].head`` and
     # the next run's first commit, and the final log is still gap-free without repeats.
     assert all(k["head"] <= head for k in kills), context
@@ -657,8 +608,8 @@ def test_two_engine_workers_in_one_group_end_as_a_single_engine(
 
     assert sum(last.values()) > 350
     assert _assert_same_store(store_dsn, reference_dsn) > 50, f"seed={seed}"
-    assert _assert_change_log_sound(store_dsn) == head
-    assert _assert_change_log_sound(reference_dsn) == reference_head
+    assert assert_change_log_sound(store_dsn) == head
+    assert assert_change_log_sound(reference_dsn) == reference_head
 
 
 # --- 3. dead letters --------------------------------------------------------------------------
