@@ -41,6 +41,7 @@ from unified_profile.cdc.config import KafkaConfig
 from unified_profile.cdc.connector import table_topic
 from unified_profile.cdc.envelope import decoded_from
 from unified_profile.cdc.kafka import KafkaEventSource
+from unified_profile.server.collector import settle_after_start
 from unified_profile.server.config import parse_service_config
 from unified_profile.server.ingest.consumers import KafkaIngest
 from unified_profile.server.ingest.pipeline import BatchResult, IngestPipeline, StreamEvent
@@ -175,6 +176,9 @@ def _embedded(job: EngineJob) -> EngineResult:
     try:
         pipeline = build_pipeline(config, store, "embedded")
         pipeline.positions()  # connect before the clock starts
+        # As `unified-profile run` does once started; this also leaves the workload (held
+        # whole in memory, unlike a real engine's one batch) out of every later collection.
+        settle_after_start()
         size = config.engine.batch_events
         window = _Window.open(config.store.dsn)
         result = EngineResult()
@@ -237,6 +241,7 @@ def _kafka(job: EngineJob) -> EngineResult:
     try:
         pipeline = build_pipeline(config, store, transport.group_id)
         timed = _TimedPipeline(pipeline, config.store.dsn)
+        settle_after_start()  # as `unified-profile engine` does
         topics = [table_topic(s.name, t.table) for s in config.capture.sources for t in s.tables]
         expected = sum(job.end_offsets.values())
         created = time.perf_counter()

@@ -27,6 +27,7 @@ from unified_profile.cdc.connector import Connector
 from unified_profile.cdc.envelope import ChangeEvent
 from unified_profile.cdc.kafka import KafkaOffsetStore, KafkaSink
 from unified_profile.cdc.sink import Sink
+from unified_profile.server.collector import settle_after_start
 
 from .timing import peak_rss_mib
 
@@ -115,6 +116,7 @@ def child_main(
 
     threading.Thread(target=wait_for_stop, daemon=True).start()
     threading.Thread(target=signal_ready, daemon=True).start()
+    settle_after_start()  # as `unified-profile cdc` does
     try:
         connector.run(stop)
     except BaseException:

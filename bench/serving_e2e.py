@@ -307,12 +307,14 @@ def pipeline_main(
 
         import structlog
 
+        from unified_profile.server.collector import settle_after_start
         from unified_profile.server.config import parse_service_config
 
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
         logging.getLogger("kafka").setLevel(logging.ERROR)
         config = parse_service_config(config_data, "bench")
         body = _ROLES[role]
+        settle_after_start()  # as the unified-profile commands do once started
         halt = threading.Event()
         errors: list[str] = []
 

@@ -25,6 +25,7 @@ from unified_profile.cdc.config import KafkaConfig, load_capture_config
 from unified_profile.cdc.errors import ConfigError, PreflightError
 
 from .capture import CaptureService
+from .collector import settle_after_start
 from .config import ServiceConfig, load_service_config
 from .ingest.service import StoreNotMigrated, open_store, run_kafka_engine
 from .logs import configure_logging
@@ -161,6 +162,7 @@ def _run_cdc(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    settle_after_start()
     service.start()
     while not service.wait(timeout=0.5):
         pass
@@ -186,6 +188,7 @@ def _run_engine(args: argparse.Namespace) -> int:
     _stop_on_signals(stop)
     store = open_store(config)
     serve_metrics(config.metrics)
+    settle_after_start()
     try:
         retry_transient(stop, "engine", lambda: run_kafka_engine(config, store, stop))
     finally:
@@ -206,6 +209,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, _log_and_set, stop, signum)
+        settle_after_start()
         await serve(config, store, stop)
 
     try:
@@ -231,6 +235,7 @@ def _run_all(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, _log_and_set, stop, signum)
+        settle_after_start()
         return (await run_all(config, store, stop)).failure
 
     try:
