@@ -40,6 +40,8 @@ from .scenario import Context, ScenarioResult
 from .timing import host_cpu_shares, host_cpu_times
 
 APPLY_TARGET_PER_S = 10_000
+KAFKA_WORKERS = 2
+"""Engine processes in the consumer group for the multi-process Kafka figure: one per core."""
 RAW_TABLE = "bench_raw_source_records"
 _PRELOAD_CHUNK = 10_000
 _SAMPLE_CHECKED = 200
@@ -90,6 +92,7 @@ def run(ctx: Context, sizes: ApplySizes | None = None) -> ScenarioResult:
         WorkloadSpec(0, sizes.changes, sizes.small_profiles, ctx.seed),
         WorkloadSpec(1, sizes.changes, sizes.profiles, ctx.seed),
         WorkloadSpec(2, sizes.changes, sizes.profiles, ctx.seed),
+        WorkloadSpec(3, sizes.changes, sizes.profiles, ctx.seed),
     ]
     timeout = sizes.cap_s + 600.0
 
@@ -112,6 +115,27 @@ def run(ctx: Context, sizes: ApplySizes | None = None) -> ScenarioResult:
         EngineJob("kafka", config_data, names, workloads[2], sizes.cap_s, produced.end_offsets),
         timeout,
     )
+    # Two engine processes in the same consumer group, one per core, go on where the single
+    # engine stopped (the group's positions) with a fresh workload in the same topics.
+    produced_two = produce(
+        transport,
+        names,
+        workloads[3],
+        config.capture.sources[0].schemas_enable,
+        already=sum(produced.end_offsets.values()),
+    )
+    kafka_two = run_engine(
+        EngineJob(
+            "kafka",
+            config_data,
+            names,
+            workloads[3],
+            sizes.cap_s,
+            produced_two.end_offsets,
+            workers=KAFKA_WORKERS,
+        ),
+        timeout,
+    )
     stored = _store_sizes(dsn)
     details: dict[str, Any] = {
         "sizes": asdict(sizes),
@@ -130,12 +154,18 @@ def run(ctx: Context, sizes: ApplySizes | None = None) -> ScenarioResult:
             "produce_seconds": produced.seconds,
             "records_in_topics": sum(produced.end_offsets.values()),
         },
+        "kafka_large_workers": {
+            **_engine_details(kafka_two, sizes.profiles),
+            "workers_started": KAFKA_WORKERS,
+            "workers_applying": kafka_two.workers,
+            "produce_seconds": produced_two.seconds,
+        },
         "raw_upsert": raw,
         "store_after": stored,
     }
     result = ScenarioResult(details=details)
-    result.figures = _figures(sizes, small, large, kafka, raw)
-    result.notes = _notes(sizes, small_load, large_load, small, large, kafka, raw)
+    result.figures = _figures(sizes, small, large, kafka, kafka_two, raw)
+    result.notes = _notes(sizes, small_load, large_load, small, large, kafka, kafka_two, raw)
     return result
 
 
@@ -389,9 +419,16 @@ class Produced:
 
 
 def produce(
-    kafka: KafkaConfig, names: SourceNames, spec: WorkloadSpec, schemas_enable: bool
+    kafka: KafkaConfig,
+    names: SourceNames,
+    spec: WorkloadSpec,
+    schemas_enable: bool,
+    already: int = 0,
 ) -> Produced:
-    """Produce the workload's events to their topics with the connector's ``KafkaSink``."""
+    """Produce the workload's events to their topics with the connector's ``KafkaSink``.
+
+    ``already``: how many records the topics held before (earlier workloads).
+    """
     topics = [names.customers_topic, names.members_topic]
     ensure_topics(kafka, topics)
     started = time.perf_counter()
@@ -404,14 +441,16 @@ def produce(
     finally:
         sink.close()
     seconds = time.perf_counter() - started
-    end_offsets = _partition_ends(kafka, topics, spec.changes, timeout=120.0 + spec.changes / 2_000)
+    end_offsets = _partition_ends(
+        kafka, topics, already + spec.changes, timeout=120.0 + spec.changes / 2_000
+    )
     return Produced(end_offsets, seconds)
 
 
 def _partition_ends(
     kafka: KafkaConfig, topics: list[str], expected: int, timeout: float
 ) -> dict[str, int]:
-    """Each partition's end offset, found by reading the topics (they were empty before).
+    """Each partition's end offset, found by reading the topics (``expected`` records in all).
 
     Read rather than asked for: Tansu answers ``ListOffsets(latest)`` with the base offset of the
     partition's last record batch, not the offset after its last record.
@@ -487,6 +526,7 @@ def _figures(
     small: EngineResult,
     large: EngineResult,
     kafka: EngineResult,
+    kafka_two: EngineResult,
     raw: dict[str, Any],
 ) -> list[Figure]:
     stored = f"{sizes.profiles:,} profiles stored"
@@ -511,6 +551,15 @@ def _figures(
             baseline_name=baseline_name,
             target=target,
             met=kafka.per_second >= APPLY_TARGET_PER_S,
+        ),
+        Figure(
+            f"apply throughput, Kafka → store commit, {KAFKA_WORKERS} engine processes ({stored})",
+            kafka_two.per_second,
+            "changes/s",
+            baseline=kafka.per_second,
+            baseline_name="1 engine process, same store and mix",
+            target=target,
+            met=kafka_two.per_second >= APPLY_TARGET_PER_S,
         ),
         Figure(
             f"apply growth: embedded at {sizes.profiles:,} vs {sizes.small_profiles:,} profiles",
@@ -554,6 +603,7 @@ def _notes(
     small: EngineResult,
     large: EngineResult,
     kafka: EngineResult,
+    kafka_two: EngineResult,
     raw: dict[str, Any],
 ) -> list[str]:
     loaded = small_load["profiles"] + large_load["profiles"]
@@ -571,6 +621,11 @@ def _notes(
         (f"embedded, {sizes.small_profiles:,} stored", small),
         (f"embedded, {sizes.profiles:,} stored", large),
         (f"Kafka, {sizes.profiles:,} stored", kafka),
+        (
+            f"Kafka, {KAFKA_WORKERS} engine processes ({kafka_two.workers} were assigned "
+            f"events), {sizes.profiles:,} stored, timed from when every one had started",
+            kafka_two,
+        ),
     ):
         text = f"{label}: {result.events:,} events in {result.seconds:.1f} s"
         if result.capped:

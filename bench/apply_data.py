@@ -491,7 +491,7 @@ class WorkloadSpec:
         return 1_000_000_000 * (self.index + 1) + 1
 
 
-LINK_STRIPES = 3
+LINK_STRIPES = 4
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,7 @@ class EngineJob:
         workload: The events to apply (embedded: built in the child; kafka: already produced).
         cap_s: Stop after the batch that runs past this many seconds.
         end_offsets: Kafka only: ``kafka:<topic>:<partition>`` → the partition's end offset.
+        workers: Kafka only: engine processes in the consumer group, each a child of its own.
     """
 
     mode: Literal["embedded", "kafka"]
@@ -72,6 +73,7 @@ class EngineJob:
     workload: apply_data.WorkloadSpec
     cap_s: float
     end_offsets: dict[str, int] = field(default_factory=dict)
+    workers: int = 1
 
 
 @dataclass
@@ -85,11 +87,16 @@ class EngineResult:
         records: Source records the batches carried.
         profile_changes: Change-log entries the batches appended.
         batch_seconds: Duration of each ``apply`` call, in order.
+        batch_spans: ``(start, end, events)`` of each ``apply`` call (``perf_counter``, which is
+            the same clock in every process on Linux): how several workers' windows are joined.
         startup_seconds: Kafka: from creating the consumer to the first ``apply`` (group join, fetch).
         reached_end: Kafka: the store's positions equal every partition's end offset - 1.
         cpu_s: The child's user + system CPU during the window.
         postgres_cpu_s: CPU of the store's PostgreSQL backends during the window (``None`` when
             the server's processes are not readable here, e.g. ``UP_BENCH_PG_DSN`` on another host).
+        backends_open: Each backend's CPU seconds when the window opened (for joining workers).
+        backends_close: … and when it closed.
+        workers: How many engine processes these figures join (that applied anything).
         host_cpu_percent: The whole machine's CPU shares during the window.
         rss_start_mib: Resident memory when the window opened (embedded: events already built).
         rss_end_mib: Resident memory when it closed.
@@ -104,10 +111,14 @@ class EngineResult:
     records: int = 0
     profile_changes: int = 0
     batch_seconds: list[float] = field(default_factory=list)
+    batch_spans: list[tuple[float, float, int]] = field(default_factory=list)
     startup_seconds: float | None = None
     reached_end: bool | None = None
     cpu_s: float = 0.0
     postgres_cpu_s: float | None = None
+    backends_open: dict[int, float] | None = None
+    backends_close: dict[int, float] | None = None
+    workers: int = 1
     host_cpu_percent: dict[str, float] | None = None
     rss_start_mib: float = 0.0
     rss_end_mib: float = 0.0
@@ -122,33 +133,88 @@ class EngineResult:
 
 
 def run_engine(job: EngineJob, timeout: float) -> EngineResult:
-    """Run ``job`` in a fresh child process and return what it measured.
+    """Run ``job`` in fresh child processes (``job.workers`` of them) and return what they measured.
 
     Raises:
-        RuntimeError: The child failed or did not report within ``timeout`` seconds.
+        RuntimeError: A child failed or did not report within ``timeout`` seconds.
     """
-    parent_end, child_end = _CONTEXT.Pipe()
-    process = _CONTEXT.Process(
-        target=child_main, args=(job, child_end), name=f"bench-engine-{job.mode}", daemon=True
-    )
-    process.start()
-    child_end.close()
+    children = []
+    for worker in range(job.workers):
+        parent_end, child_end = _CONTEXT.Pipe()
+        process = _CONTEXT.Process(
+            target=child_main,
+            args=(job, child_end),
+            name=f"bench-engine-{job.mode}-{worker}",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        children.append((process, parent_end))
+    results: list[EngineResult] = []
+    deadline = time.monotonic() + timeout
     try:
-        if not parent_end.poll(timeout):
-            raise RuntimeError(f"the {job.mode} engine did not report within {timeout:.0f}s")
-        result: EngineResult = parent_end.recv()
-    except EOFError:
-        raise RuntimeError(
-            f"the {job.mode} engine process died (exit {process.exitcode})"
-        ) from None
+        for process, parent_end in children:
+            if not parent_end.poll(max(0.0, deadline - time.monotonic())):
+                raise RuntimeError(f"the {job.mode} engine did not report within {timeout:.0f}s")
+            try:
+                results.append(parent_end.recv())
+            except EOFError:
+                raise RuntimeError(
+                    f"the {job.mode} engine process died (exit {process.exitcode})"
+                ) from None
     finally:
-        process.join(30)
-        if process.is_alive():
-            process.kill()
-            process.join()
-    if result.error:
-        raise RuntimeError(f"the {job.mode} engine failed:\n{result.error}")
-    return result
+        for process, _ in children:
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    for result in results:
+        if result.error:
+            raise RuntimeError(f"the {job.mode} engine failed:\n{result.error}")
+    return results[0] if len(results) == 1 else joined(results)
+
+
+def joined(results: Sequence[EngineResult]) -> EngineResult:
+    """Several consumer-group members' results as one engine's.
+
+    The window opens once every worker has started its first batch (before that, the first to
+    join the group works alone, and then hands partitions over) and closes when the last batch
+    commits. Only batches started inside it count. CPU is summed; each PostgreSQL backend's CPU
+    is counted once, from the first opening to the last closing reading.
+    """
+    spans = [span for result in results for span in result.batch_spans]
+    opened = max(min(start for start, _, _ in r.batch_spans) for r in results if r.batch_spans)
+    closed = max(end for _, end, _ in spans)
+    inside = [span for span in spans if span[0] >= opened]
+    out = EngineResult(
+        events=sum(events for _, _, events in inside),
+        seconds=closed - opened,
+        capped=any(r.capped for r in results),
+        records=sum(r.records for r in results),
+        profile_changes=sum(r.profile_changes for r in results),
+        batch_seconds=[end - start for start, end, _ in inside],
+        batch_spans=inside,
+        startup_seconds=max(r.startup_seconds or 0.0 for r in results),
+        reached_end=all(r.reached_end for r in results),
+        cpu_s=sum(r.cpu_s for r in results),
+        host_cpu_percent=results[0].host_cpu_percent,
+        rss_start_mib=max(r.rss_start_mib for r in results),
+        rss_end_mib=max(r.rss_end_mib for r in results),
+        peak_rss_mib=max(r.peak_rss_mib for r in results),
+        peak_reset=all(r.peak_reset for r in results),
+        workers=sum(1 for r in results if r.batch_spans),
+    )
+    if all(r.backends_open is not None and r.backends_close is not None for r in results):
+        first: dict[int, float] = {}
+        last: dict[int, float] = {}
+        for r in results:
+            assert r.backends_open is not None and r.backends_close is not None
+            for pid, cpu in r.backends_open.items():
+                first[pid] = min(first.get(pid, cpu), cpu)
+            for pid, cpu in r.backends_close.items():
+                last[pid] = max(last.get(pid, cpu), cpu)
+        out.postgres_cpu_s = sum(cpu - first.get(pid, 0.0) for pid, cpu in last.items())
+    return out
 
 
 def child_main(job: EngineJob, report: multiprocessing.connection.Connection) -> None:
@@ -194,7 +260,9 @@ def _embedded(job: EngineJob) -> EngineResult:
                     for e in events[offset : offset + size]
                 ]
             )
-            result.batch_seconds.append(time.perf_counter() - batch_started)
+            batch_finished = time.perf_counter()
+            result.batch_seconds.append(batch_finished - batch_started)
+            result.batch_spans.append((batch_started, batch_finished, applied.events))
             _count(result, applied)
         result.seconds = time.perf_counter() - started
         window.close(result)
@@ -226,6 +294,7 @@ class _TimedPipeline:
         applied = self._pipeline.apply(events)
         self.last_finished = time.perf_counter()
         self.result.batch_seconds.append(self.last_finished - started)
+        self.result.batch_spans.append((started, self.last_finished, applied.events))
         _count(self.result, applied)
         return applied
 
@@ -260,32 +329,35 @@ def _kafka(job: EngineJob) -> EngineResult:
         thread.start()
         deadline = time.monotonic() + job.cap_s + 120.0  # the join must not hang the suite
         capped = False
-        while thread.is_alive() and timed.result.events < expected:
+        # Several workers share the work: the store's positions say when all of it is done.
+        while thread.is_alive() and not _at_end(pipeline.positions(), job.end_offsets):
             first = timed.first_started
             if first is not None and time.perf_counter() - first > job.cap_s:
                 capped = True
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"kafka engine: {timed.result.events} of {expected} events")
-            time.sleep(0.05)
+            time.sleep(0.2)
         stop.set()
         thread.join(120)
         if failure:
             raise RuntimeError(failure[0])
         result = timed.result
-        assert timed.first_started is not None and timed.last_finished is not None
-        result.seconds = timed.last_finished - timed.first_started
-        result.startup_seconds = timed.first_started - created
-        result.capped = capped and result.events < expected
-        assert timed.window is not None
-        timed.window.close(result)
-        positions = pipeline.positions()
-        result.reached_end = all(
-            positions.get(stream, -1) == end - 1 for stream, end in job.end_offsets.items() if end
-        )
+        # A group member may be assigned nothing (more members than partitions with data).
+        if timed.first_started is not None and timed.last_finished is not None:
+            result.seconds = timed.last_finished - timed.first_started
+            result.startup_seconds = timed.first_started - created
+        if timed.window is not None:
+            timed.window.close(result)
+        result.reached_end = _at_end(pipeline.positions(), job.end_offsets)
+        result.capped = capped and not result.reached_end
         return result
     finally:
         store.close()
+
+
+def _at_end(positions: dict[str, int], end_offsets: dict[str, int]) -> bool:
+    return all(positions.get(stream, -1) == end - 1 for stream, end in end_offsets.items() if end)
 
 
 # --- shared ----------------------------------------------------------------------------------
@@ -318,6 +390,7 @@ class _Window:
     def close(self, result: EngineResult) -> None:
         result.cpu_s = _cpu_seconds() - self.cpu_s
         after = _backend_cpu(self.dsn)
+        result.backends_open, result.backends_close = self.backends, after
         if self.backends is not None and after is not None:
             result.postgres_cpu_s = sum(
                 cpu - self.backends.get(pid, 0.0) for pid, cpu in after.items()

@@ -7,6 +7,7 @@ import math
 
 from bench import end_to_end, growth
 from bench.apply_data import SourceNames
+from bench.apply_proc import EngineResult, joined
 from bench.serving_e2e import EndToEndJob, _latencies, _Pass
 from bench.serving_subs import Received
 from bench.traffic_writer import WrittenPass
@@ -86,3 +87,31 @@ def test_growth_figures_sit_next_to_the_smallest_store() -> None:
     # A figure a step could not measure is left out rather than written as a number.
     assert "growth: fan-out to 100 subscribers: store commit → receive p99 at 1,000,000 profiles" \
         not in by_name
+
+
+def test_workers_are_timed_from_when_all_have_started_and_backends_counted_once() -> None:
+    # Worker A starts alone at t=10 and applies 100 events before B's first batch at t=12;
+    # the last commit is at t=16. Both read the same two PostgreSQL backends.
+    a = EngineResult(
+        events=400, cpu_s=3.0, batch_spans=[(10.0, 11.0, 100), (12.5, 14.0, 100),
+                                            (14.0, 16.0, 200)],
+        backends_open={1: 5.0, 2: 7.0}, backends_close={1: 9.0, 2: 8.0},
+    )
+    b = EngineResult(
+        events=150, cpu_s=2.0, batch_spans=[(12.0, 13.0, 50), (13.0, 15.5, 100)],
+        backends_open={1: 5.5, 2: 7.0}, backends_close={1: 8.5, 2: 9.0},
+    )
+    both = joined([a, b])
+    assert both.seconds == 4.0  # from t=12 (both started) to t=16 (last commit)
+    assert both.events == 450  # A's first batch, before B started, is left out
+    assert both.per_second == 112.5
+    assert both.cpu_s == 5.0
+    assert both.postgres_cpu_s == (9.0 - 5.0) + (9.0 - 7.0)
+    assert both.workers == 2
+
+
+def test_a_worker_that_applied_nothing_does_not_hold_the_window_shut() -> None:
+    a = EngineResult(events=100, batch_spans=[(1.0, 2.0, 100)])
+    idle = EngineResult()
+    both = joined([a, idle])
+    assert (both.events, both.seconds, both.workers) == (100, 1.0, 1)
