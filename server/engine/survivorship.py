@@ -29,7 +29,7 @@ on their order. A value of the wrong type for its rule (a string under ``sum``) 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -221,20 +221,57 @@ def merge_fields(records: Iterable[SourceRecord], rules: RuleSet) -> dict[str, F
     Raises:
         TypeError: A value's type does not suit its path's rule.
     """
-    by_path: dict[str, list[SourceRecord]] = {}
-    for record in _live(records):
-        for path, value in record.fields.items():
-            if value is not None:
-                by_path.setdefault(path, []).append(record)
+    by_path = _holders_by_path(_live(records))
+    provenance = _ProvenanceCache()
     merged: dict[str, FieldValue] = {}
     for path in sorted(by_path):
         rule = rules.rule_for(path)
         holders = by_path[path]
-        # One holder (most paths: few people are in both systems) has nothing to rank, unless
-        # its rule must check the value's type.
-        ranked = holders if len(holders) == 1 and rule.kind in _UNCHECKED else None
-        merged[path] = _merge(path, ranked or _ranked(path, holders, rule), rule)
+        if len(holders) == 1 and rule.kind in _CHOSEN_UNCHECKED:
+            # One holder (most paths: few people are in both systems) wins without ranking.
+            winner = holders[0]
+            merged[path] = FieldValue(winner.fields[path], (provenance(winner, rule),))
+            continue
+        # A single holder under ``union`` has nothing to rank, but its value is still normalised;
+        # other rules rank (and type-check) even one holder.
+        ranked = holders if len(holders) == 1 and rule.kind == "union" else None
+        merged[path] = _merge(path, ranked or _ranked(path, holders, rule), rule, provenance)
     return merged
+
+
+def _holders_by_path(live: Sequence[SourceRecord]) -> Mapping[str, Sequence[SourceRecord]]:
+    """Field path → the live records holding a non-null value there, in key order."""
+    if len(live) == 1:
+        # Most profiles have one record: every path shares one read-only holder list.
+        only = live
+        return {path: only for path, value in live[0].fields.items() if value is not None}
+    by_path: dict[str, list[SourceRecord]] = {}
+    for record in live:
+        for path, value in record.fields.items():
+            if value is not None:
+                by_path.setdefault(path, []).append(record)
+    return by_path
+
+
+class _ProvenanceCache:
+    """One :class:`Provenance` per (record, rule kind) within one merge.
+
+    A record wins most of its paths under a handful of rules; building (and later hashing) a new
+    equal object per field was a large share of a merge's cost.
+    """
+
+    __slots__ = ("_built",)
+
+    def __init__(self) -> None:
+        # Keyed by id(record): the records outlive the merge, so ids are not reused meanwhile.
+        self._built: dict[tuple[int, str], Provenance] = {}
+
+    def __call__(self, record: SourceRecord, rule: Rule) -> Provenance:
+        key = (id(record), rule.kind)
+        found = self._built.get(key)
+        if found is None:
+            found = self._built[key] = _provenance(record, rule)
+        return found
 
 
 def explain_field(records: Iterable[SourceRecord], path: str, rules: RuleSet) -> FieldExplanation:
@@ -251,11 +288,11 @@ def explain_field(records: Iterable[SourceRecord], path: str, rules: RuleSet) ->
     candidates = tuple(
         Candidate(r.fields[path], r.key, r.version, r.commit_time_us) for r in ranked
     )
-    return FieldExplanation(path, rule, candidates, _merge(path, ranked, rule))
+    return FieldExplanation(path, rule, candidates, _merge(path, ranked, rule, _provenance))
 
 
-# Rules that take any value: ranking a single holder cannot fail or reorder anything.
-_UNCHECKED = frozenset({"source_priority", "last_writer_wins", "union"})
+# Chosen-value rules that take any value: a single holder simply wins.
+_CHOSEN_UNCHECKED = frozenset({"source_priority", "last_writer_wins"})
 
 
 def _live(records: Iterable[SourceRecord]) -> list[SourceRecord]:
@@ -324,13 +361,18 @@ def _provenance(record: SourceRecord, rule: Rule) -> Provenance:
     )
 
 
-def _merge(path: str, ranked: Sequence[SourceRecord], rule: Rule) -> FieldValue:
+def _merge(
+    path: str,
+    ranked: Sequence[SourceRecord],
+    rule: Rule,
+    provenance: Callable[[SourceRecord, Rule], Provenance],
+) -> FieldValue:
     if rule.kind == "sum":
         values = [r.fields[path] for r in ranked]
         total: int | float = (
             sum(values) if all(isinstance(v, int) for v in values) else math.fsum(values)
         )
-        return FieldValue(total, tuple(_provenance(r, rule) for r in ranked))
+        return FieldValue(total, tuple(provenance(r, rule) for r in ranked))
     if rule.kind == "union":
         elements: dict[str, Any] = {}
         for record in ranked:
@@ -340,9 +382,9 @@ def _merge(path: str, ranked: Sequence[SourceRecord], rule: Rule) -> FieldValue:
         union = [
             elements[k] for k in sorted(elements, key=lambda k: _element_order(elements[k], k))
         ]
-        return FieldValue(union, tuple(_provenance(r, rule) for r in ranked))
+        return FieldValue(union, tuple(provenance(r, rule) for r in ranked))
     winner = ranked[0]
-    return FieldValue(winner.fields[path], (_provenance(winner, rule),))
+    return FieldValue(winner.fields[path], (provenance(winner, rule),))
 
 
 def _element_order(element: Any, text: str) -> tuple[int, Any, str]:

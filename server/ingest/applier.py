@@ -181,7 +181,6 @@ class _Plan:
         self.profiles: list[StoredProfile] = []
         self.retired: dict[str, str | None] = {}
         self.assignment: dict[RecordKey, str | None] = {}
-        self.provenance_json: dict[Provenance, dict[str, Any]] = {}
 
     def execute(self, links_unchanged: Collection[RecordKey] = ()) -> list[ChangeRow]:
         """Work out the effects, write them, and return the change-log rows appended."""
@@ -239,7 +238,7 @@ class _Plan:
         causes = self._causes(cluster)
         rows_before = len(self.rows)
         merged = merge_fields([self.images[k] for k in cluster], self.rules)
-        fields = {path: field_json(v, self.provenance_json) for path, v in merged.items()}
+        fields = fields_json(merged)
         identifiers = [
             list(pair)
             for pair in sorted(
@@ -389,40 +388,58 @@ def _with_unavailable_filled(item: IncomingRecord, stored: StoredRecord | None) 
     return item if record is item.record else IncomingRecord(record, item.cause, item.force)
 
 
-def field_json(
-    value: FieldValue, shared: dict[Provenance, dict[str, Any]] | None = None
-) -> dict[str, Any]:
-    """A field as the profile row stores it: its value and provenance documents.
+def field_json(value: FieldValue) -> dict[str, Any]:
+    """A field as the profile row stores it: its value and provenance documents."""
+    return {"value": value.value, "provenance": [_provenance_json(p) for p in value.provenance]}
 
-    Args:
-        value: The surviving value.
-        shared: Provenance documents already built (a record's provenance is the same for each
-            field it wins): reused, and new ones added.
+
+def fields_json(merged: Mapping[str, FieldValue]) -> dict[str, dict[str, Any]]:
+    """Every field of one profile as :func:`field_json` gives it, sharing provenance documents.
+
+    A record's provenance is one object for every field it wins under one rule (see
+    ``merge_fields``), so its document is built once. Keyed by object identity rather than by
+    value: hashing the provenance dataclass once per field cost more than the document saved.
+    ``merged`` keeps every provenance alive meanwhile, so no id is reused.
     """
-    shared = {} if shared is None else shared
-    provenance = []
-    for p in value.provenance:
-        document = shared.get(p)
-        if document is None:
-            document = shared[p] = {
-                "source": p.source,
-                "table": p.table,
-                "record_key": p.record_key,
-                "version": p.version,
-                "commit_time_us": p.commit_time_us,
-                "rule": p.rule,
-            }
-        provenance.append(document)
-    return {"value": value.value, "provenance": provenance}
+    documents: dict[int, dict[str, Any]] = {}
+    fields: dict[str, dict[str, Any]] = {}
+    for path, value in merged.items():
+        provenance = []
+        for p in value.provenance:
+            document = documents.get(id(p))
+            if document is None:
+                document = documents[id(p)] = _provenance_json(p)
+            provenance.append(document)
+        fields[path] = {"value": value.value, "provenance": provenance}
+    return fields
+
+
+def _provenance_json(p: Provenance) -> dict[str, Any]:
+    return {
+        "source": p.source,
+        "table": p.table,
+        "record_key": p.record_key,
+        "version": p.version,
+        "commit_time_us": p.commit_time_us,
+        "rule": p.rule,
+    }
 
 
 def _diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
-    """Changed field paths with old and new values (provenance-only changes are not changes)."""
+    """Changed field paths with old and new values (provenance-only changes are not changes).
+
+    In path order. Most fields keep their value, so only the changed paths are sorted.
+    """
     changes: dict[str, Any] = {}
-    for path in sorted(before.keys() | after.keys()):
-        old_field, new_field = before.get(path), after.get(path)
+    for path, new_field in after.items():
+        old_field = before.get(path)
         old = old_field["value"] if old_field else None
         new = new_field["value"] if new_field else None
         if old != new:
             changes[path] = {"old": old, "new": new}
-    return changes
+    for path in before.keys() - after.keys():
+        old_field = before[path]
+        old = old_field["value"] if old_field else None
+        if old is not None:
+            changes[path] = {"old": old, "new": None}
+    return {path: changes[path] for path in sorted(changes)}
