@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from unified_profile.server.engine.records import Identifier, RecordKey, SourceRecord
+from unified_profile.server.engine.records import Identifier, RecordKey, SourceRecord, key_order
 
 NORMALIZE_STEPS: tuple[str, ...] = ("trim", "lower", "digits", "collapse_spaces")
 """Normalisation steps an :class:`IdentifierType` may list, applied in the order listed."""
@@ -277,7 +277,7 @@ def latest_images(records: Iterable[SourceRecord]) -> list[SourceRecord]:
             latest[record.key] = record
         elif record.position == seen.position and record != seen:
             raise ValueError(f"two different images of {record.key} at position {record.position}")
-    return [latest[key] for key in sorted(latest)]
+    return [latest[key] for key in sorted(latest, key=key_order)]
 
 
 class _Clusters:

@@ -70,6 +70,15 @@ class SourceRecord:
     deleted: bool = False
 
 
+def key_order(key: RecordKey) -> tuple[str, str, str]:
+    """A key as the plain tuple keys sort by, for ``sorted(..., key=key_order)``.
+
+    Same order as comparing the keys themselves, but a large sort then compares tuples of strings
+    in C instead of running the dataclass's generated ``__eq__`` and ``__lt__`` per comparison.
+    """
+    return (key.source, key.table, key.key)
+
+
 def canonical_json(value: Any) -> str:
     """Compact JSON with sorted keys: equal values give equal text."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -30,7 +30,7 @@ from ..engine.identity import (
     resolve_identities,
 )
 from ..engine.mapping import fill_unavailable
-from ..engine.records import Identifier, RecordKey, SourceRecord
+from ..engine.records import Identifier, RecordKey, SourceRecord, key_order
 from ..engine.survivorship import FieldValue, Provenance, RuleSet, merge_fields
 from ..store.rows import ChangeRow, StoredProfile, StoredRecord
 from ..store.store_batch import StoreBatch
@@ -99,7 +99,7 @@ class ProfileApplier:
             clusters.extend(_stored_clusters(members))
         images = {key: known[key].record for key in known}
         images.update({key: item.record for key, item in changed.items()})
-        resolution = IdentityResolution(tuple(sorted(clusters, key=min)), (), conflicts)
+        resolution = IdentityResolution(tuple(sorted(clusters, key=_first_key)), (), conflicts)
         plan = _Plan(batch, self._rules, changed, known, images, resolution)
         return plan.execute(links_unchanged=same_links.keys())
 
@@ -172,7 +172,7 @@ class _Plan:
         self.resolution = resolution
         self.old_profile = {key: stored.profile_id for key, stored in known.items()}
         self.members_of: dict[str, list[RecordKey]] = {}
-        for key in sorted(self.old_profile):
+        for key in sorted(self.old_profile, key=key_order):
             if (profile_id := self.old_profile[key]) is not None:
                 self.members_of.setdefault(profile_id, []).append(key)
         old_ids = sorted(self.members_of)
@@ -306,7 +306,7 @@ class _Plan:
         return chosen
 
     def _causes(self, keys: Any) -> list[dict[str, Any]]:
-        return [self.changed[k].cause for k in sorted(keys) if k in self.changed]
+        return [self.changed[k].cause for k in sorted(keys, key=key_order) if k in self.changed]
 
     def _append(
         self,
@@ -322,12 +322,12 @@ class _Plan:
         batch = self.batch
         changed_records = [
             (item.record, None if item.record.deleted else self.assignment.get(key))
-            for key, item in sorted(self.changed.items())
+            for key, item in sorted(self.changed.items(), key=_by_record_key)
         ]
         batch.save_records(changed_records, links_unchanged)
         moved = {
             key: profile
-            for key, profile in sorted(self.assignment.items())
+            for key, profile in sorted(self.assignment.items(), key=_by_record_key)
             if key not in self.changed and self.old_profile.get(key) != profile
         }
         batch.set_record_profiles(moved)
@@ -376,6 +376,16 @@ def _stored_clusters(members: Mapping[RecordKey, StoredRecord]) -> list[frozense
         if found.profile_id is not None and not found.record.deleted:
             by_profile.setdefault(found.profile_id, set()).add(key)
     return [frozenset(keys) for keys in by_profile.values()]
+
+
+def _first_key(cluster: frozenset[RecordKey]) -> tuple[str, str, str]:
+    """Sort key of a cluster: its smallest record key (clusters are disjoint: no ties)."""
+    return min(map(key_order, cluster))
+
+
+def _by_record_key(item: tuple[RecordKey, Any]) -> tuple[str, str, str]:
+    """Sort key of a (record key, value) pair; keys of one mapping are unique: no ties."""
+    return key_order(item[0])
 
 
 def _profile_id(seed: str) -> str:
