@@ -83,6 +83,11 @@ class ReadConnection:
         except psycopg.Error as exc:
             await self.close()
             raise ConnectionLost(f"store connection lost: {exc}") from exc
+        except asyncio.CancelledError:
+            # Cancelled with the statement partly sent: nothing would send the rest, so there
+            # is no result to drain; drop the connection (the next statement opens another).
+            self._broken(ConnectionLost("cancelled while sending a statement"))
+            raise
         self._waiter = waiter
         try:
             results = await waiter

@@ -44,6 +44,7 @@ from .profile_store import StoredProfile, StoreError
 from .read_connection import ConnectionLost, ReadConnection, Row, text_array
 
 _T = TypeVar("_T")
+_K = TypeVar("_K")
 
 DEFAULT_STATEMENT_TIMEOUT_S = 30.0
 """How long a statement may run when the call has no deadline (the connections' default)."""
@@ -148,13 +149,15 @@ class ProfileReadPool:
         )
         self._opened = False
         self._opening = asyncio.Lock()
+        self._is_closing = False
         self._detached_tasks: set[asyncio.Task[Any]] = set()
         # Few statements in flight make big batches: measured per GetProfile at 64 concurrent
         # calls, 8 in flight cost ~130 µs of this process's CPU, 2 in flight ~65 µs (the round
         # trip is the dominant cost, and a 2-core store runs no more than 2 at once anyway).
         slots = min(size, COALESCED_STATEMENTS)
         self._slots = Slots(slots)
-        # One direct connection per slot: a batch always finds one idle.
+        # One direct connection per slot: a statement (a batch, or a read run alone) always
+        # finds one idle.
         self._direct = [
             ReadConnection(dsn, _DIRECT_STATEMENTS, connect_kwargs) for _ in range(slots)
         ]
@@ -179,6 +182,13 @@ class ProfileReadPool:
 
     async def close(self) -> None:
         """Fail the reads in flight and close every connection."""
+        self._is_closing = True
+        try:
+            await self._close()
+        finally:
+            self._is_closing = False
+
+    async def _close(self) -> None:
         await self._slots.close()
         for task in list(self._detached_tasks):
             task.cancel()
@@ -195,6 +205,8 @@ class ProfileReadPool:
         self, profile_id: str, timeout_s: float | None = None
     ) -> ResolvedProfile | None:
         """The profile with this id or alias, if any."""
+        if self._slots.free:
+            return await self._alone(self._get_one, profile_id, timeout_s)
         return await self._gets.read(profile_id, timeout_s)
 
     async def lookup_profile(
@@ -206,6 +218,8 @@ class ProfileReadPool:
             The profile; or, when not exactly one profile holds the value, how many do (``0``
             also when the one holder has just been removed).
         """
+        if self._slots.free:
+            return await self._alone(self._lookup_one, identifier, timeout_s)
         return await self._lookups.read(identifier, timeout_s)
 
     async def get_profiles(
@@ -233,6 +247,30 @@ class ProfileReadPool:
             return {key: sorted(ids) for key, ids in found.items()}
 
         return await self._detached(lambda: self._run(run), timeout_s)
+
+    async def _alone(
+        self, read: Callable[[_K], Awaitable[_T]], key: _K, timeout_s: float | None
+    ) -> _T:
+        """Run a single-key read that found a connection free at once, in the caller's task.
+
+        What the coalescer does with such a read (a statement of its own), without the batch's
+        task, its two timers and its hand-off: ~30-40 µs of CPU less per read. On a busy server
+        nearly every read finds a connection free (measured: ~98 % of statements served one
+        read at 16 and 64 calls in flight), because gRPC accepts calls one at a time and a
+        statement's round trip is shorter than the time between them. Reads arriving while
+        every connection is busy still queue in the coalescer and share a statement.
+
+        Cancelling the caller (its deadline, gRPC's, any number of times) is safe here: the
+        direct connection cancels and drains its statement in a task of its own.
+        """
+        slots = self._slots
+        slots.free -= 1
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await read(key)
+        finally:
+            slots.free += 1
+            slots.dispatch()
 
     async def _detached(
         self, statement: Callable[[], Awaitable[_T]], timeout_s: float | None
@@ -309,6 +347,10 @@ class ProfileReadPool:
             try:
                 return await connection.query(statement, params)
             except ConnectionLost:
+                if self._is_closing:
+                    # Closed under a read: fail it, as the coalescer fails its batches, rather
+                    # than open a connection the closing pool would leave behind.
+                    raise _closing() from None
                 return await connection.query(statement, params)
         finally:
             self._idle.append(connection)

@@ -11,7 +11,8 @@ import pytest
 
 from unified_profile.server.engine.records import Identifier
 from unified_profile.server.store import migrate
-from unified_profile.server.store.profile_store import ProfileStore
+from unified_profile.server.store.profile_store import ProfileStore, StoreError
+from unified_profile.server.store.read_connection import ReadConnection
 from unified_profile.server.store.read_pool import ProfileReadPool
 
 from .rpc_support import apply, crm, member
@@ -136,3 +137,93 @@ def test_reads_survive_the_store_closing_their_connections(store_dsn, people):
     assert before is not None
     assert got == [before] * 4
     assert not isinstance(looked, int) and looked.profile.profile_id == people["bob"]
+
+
+def _connections(admin) -> int:
+    (count,) = admin.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchone()
+    return int(count)
+
+
+def test_a_read_cancelled_twice_leaves_no_statement_behind(store_dsn, people):
+    # What gRPC does at a deadline: the handler's task is cancelled, and may be again while the
+    # read is stopping. The read runs in that task (it found a connection free).
+    async def scenario(locker, observer):
+        pool = ProfileReadPool(store_dsn, size=2)
+        try:
+            assert (await pool.get_profile(people["anne"], 5.0)) is not None
+            locker.execute("LOCK TABLE up_profiles IN ACCESS EXCLUSIVE MODE")
+            read = asyncio.ensure_future(pool.get_profile(people["bob"], 30.0))
+            await asyncio.sleep(0.3)
+            read.cancel()
+            await asyncio.sleep(0)
+            read.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await read
+            deadline = time.monotonic() + 5
+            while _lock_waiters(observer) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            waiting = _lock_waiters(observer)
+            locker.rollback()
+            after = await asyncio.gather(*(pool.get_profile(people["bob"], 5.0) for _ in range(3)))
+            return waiting, after
+        finally:
+            await pool.close()
+
+    with psycopg.connect(store_dsn) as locker, \
+            psycopg.connect(store_dsn, autocommit=True) as observer:
+        waiting, after = asyncio.run(scenario(locker, observer))
+    assert waiting == 0
+    assert [r.profile.profile_id for r in after if r is not None] == [people["bob"]] * 3
+
+
+def _lock_waiters(observer) -> int:
+    (count,) = observer.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()").fetchone()
+    return int(count)
+
+
+def test_closing_the_pool_fails_reads_in_flight_and_leaves_no_connection(store_dsn, people):
+    async def scenario(locker, admin):
+        pool = ProfileReadPool(store_dsn, size=2)
+        # Both connections up (a read made at once on each), so the reads below reach them.
+        await asyncio.gather(*(pool.get_profile(people["anne"], 5.0) for _ in range(2)))
+        locker.execute("LOCK TABLE up_profiles IN ACCESS EXCLUSIVE MODE")
+        reads = [asyncio.ensure_future(pool.get_profile(people["bob"], 30.0)) for _ in range(4)]
+        await asyncio.sleep(0.3)
+        await pool.close()
+        outcomes = await asyncio.gather(*reads, return_exceptions=True)
+        locker.rollback()
+        await asyncio.sleep(0.2)
+        return outcomes, _connections(admin)
+
+    with psycopg.connect(store_dsn) as locker, \
+            psycopg.connect(store_dsn, autocommit=True) as admin:
+        outcomes, left = asyncio.run(scenario(locker, admin))
+    assert all(isinstance(o, StoreError) for o in outcomes), outcomes
+    assert left == 1   # only the test's locker
+
+
+def test_a_statement_cancelled_while_being_sent_leaves_the_connection_usable(store_dsn):
+    # 64 MiB of parameter: more than the socket takes at once, so the statement is still being
+    # sent when its caller is cancelled.
+    big = b"x" * (64 << 20)
+
+    async def scenario():
+        connection = ReadConnection(
+            store_dsn, {"up_length": "SELECT length($1::text)"}, {"connect_timeout": 5}
+        )
+        try:
+            assert await connection.query("up_length", [b"abc"]) == [(b"3",)]
+            sending = asyncio.ensure_future(connection.query("up_length", [big]))
+            await asyncio.sleep(0)
+            sending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await sending
+            return await asyncio.wait_for(connection.query("up_length", [b"abcd"]), 10)
+        finally:
+            await connection.close()
+
+    assert asyncio.run(scenario()) == [(b"4",)]
