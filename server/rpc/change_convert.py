@@ -14,7 +14,7 @@ from typing import TypeAlias
 from unified_profile.v1 import profile_service_pb2
 
 from ..store.profile_store import StoredProfile
-from .convert import ChangeLike, change_to_proto, profile_to_proto
+from .convert import ChangeLike, change_to_proto, fill_profile
 
 Response: TypeAlias = profile_service_pb2.SubscribeProfileChangesResponse
 
@@ -32,5 +32,5 @@ def with_profile(shared: Response, profile: StoredProfile | None) -> Response:
     response = profile_service_pb2.SubscribeProfileChangesResponse()
     response.change.CopyFrom(shared.change)
     if profile is not None:
-        response.change.profile.CopyFrom(profile_to_proto(profile))
+        fill_profile(response.change.profile, profile)
     return response

@@ -171,15 +171,6 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
             return await future
         return await asyncio.wait_for(future, remaining)
 
-    async def _fetch(
-        self, context: Any, work: Callable[[ProfileReadPool, float | None], Awaitable[_T]]
-    ) -> _T:
-        """Run ``work(pool, timeout_s)`` in this event loop; cancel it (and its statements) at
-        the deadline."""
-        remaining = _remaining(context)
-        async with asyncio.timeout(remaining):
-            return await work(self._read_pool, remaining)
-
     async def _write(self, context: Any, work: Callable[[float | None], _T]) -> _T:
         """Run ``work(timeout_s)`` on the pool to completion (it was started within the deadline)."""
         remaining = _remaining(context)
@@ -192,13 +183,13 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
         """One profile by id or alias."""
         profile_id = validate_profile_id(request.profile_id, "profile_id")
         mask = convert.compile_field_mask(request.field_mask, "field_mask")
-        resolved = await self._fetch(context, lambda pool, t: pool.get_profile(profile_id, t))
+        # The pool bounds the read by the call's remaining time (and cancels its statement).
+        resolved = await self._read_pool.get_profile(profile_id, _remaining(context))
         if resolved is None:
             raise ProfileNotFound(f"profile {profile_id!r} not found")
-        return pb.GetProfileResponse(
-            profile=convert.apply_field_mask(convert.profile_to_proto(resolved.profile), mask),
-            resolved_from_alias=resolved.via_alias,
-        )
+        response = pb.GetProfileResponse(resolved_from_alias=resolved.via_alias)
+        convert.fill_profile(response.profile, resolved.profile, mask)
+        return response
 
     @_rpc
     async def LookupProfile(
@@ -213,7 +204,7 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
                 "value", "is empty or a placeholder that identifies nobody once normalised"
             )
         mask = convert.compile_field_mask(request.field_mask, "field_mask")
-        found = await self._fetch(context, lambda pool, t: pool.lookup_profile(identifier, t))
+        found = await self._read_pool.lookup_profile(identifier, _remaining(context))
         if found == 0:
             raise ProfileNotFound(f"no profile holds this {identifier.type} value")
         if isinstance(found, int):
@@ -223,8 +214,9 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
                 f"this {identifier.type} value is held by {found} profiles; look up an "
                 "identifier that names one person"
             )
-        profile = convert.profile_to_proto(found.profile)
-        return pb.LookupProfileResponse(profile=convert.apply_field_mask(profile, mask))
+        response = pb.LookupProfileResponse()
+        convert.fill_profile(response.profile, found.profile, mask)
+        return response
 
     @_rpc
     async def BatchGetProfiles(
@@ -248,9 +240,8 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
             else:
                 raise InvalidArgument(f"refs[{i}]", "set profile_id or identifier")
 
-        async def fetch(
-            pool: ProfileReadPool, timeout_s: float | None
-        ) -> list[ResolvedProfile | None]:
+        async def fetch(timeout_s: float | None) -> list[ResolvedProfile | None]:
+            pool = self._read_pool
             loop = asyncio.get_running_loop()
             deadline = None if timeout_s is None else loop.time() + timeout_s
             identifiers = [v for kind, v in wanted if kind == "identifier" and v is not None]
@@ -266,14 +257,12 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
                 for kind, value in wanted
             ]
 
-        found = await self._fetch(context, fetch)
+        found = await fetch(_remaining(context))
         response = pb.BatchGetProfilesResponse()
         for ref, resolved in zip(request.refs, found, strict=True):
             result = response.results.add(ref=ref, found=resolved is not None)
             if resolved is not None:
-                result.profile.CopyFrom(
-                    convert.apply_field_mask(convert.profile_to_proto(resolved.profile), mask)
-                )
+                convert.fill_profile(result.profile, resolved.profile, mask)
         self._check_reply_size(response, "ask for fewer refs, or fewer fields with field_mask")
         return response
 
