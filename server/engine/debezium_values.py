@@ -416,6 +416,8 @@ class MissingColumn(ColumnError):
     """
 
 
+_UNREAD: Final = object()
+
 DecoderMemo = dict[str, tuple[Mapping[str, Any], Decoder | None]]
 """Column → (the field schema last seen, its decoder): kept per table by the caller."""
 
@@ -449,21 +451,13 @@ class RowReader:
             ColumnError: The row has no such column, or its value does not match its schema.
         """
         cache = self._cache
-        if column in cache:
-            return cache[column]
-        after = self._after
-        if column not in after:
-            known = sorted(after)
-            close = difflib.get_close_matches(column, known, n=1, cutoff=0.6)
-            hint = f" did you mean {close[0]}?" if close else ""
-            raise MissingColumn(
-                column,
-                None,
-                f"not in the event's row (renamed or dropped in the source?{hint});"
-                f" it has {', '.join(known)}",
-                None,
-            )
-        value = after[column]
+        # One lookup per mapping on the hot path (a column is read once or twice per event).
+        value = cache.get(column, _UNREAD)
+        if value is not _UNREAD:
+            return value
+        value = self._after.get(column, _UNREAD)
+        if value is _UNREAD:
+            raise self._missing(column)
         if is_unavailable(value):
             # Unchanged TOAST. Under REPLICA IDENTITY FULL the old row carries the value (detoasted)
             # and the column did not change, so that is the current value. A NULL there means a
@@ -475,6 +469,18 @@ class RowReader:
         cache[column] = value
         return value
 
+    def _missing(self, column: str) -> MissingColumn:
+        known = sorted(self._after)
+        close = difflib.get_close_matches(column, known, n=1, cutoff=0.6)
+        hint = f" did you mean {close[0]}?" if close else ""
+        return MissingColumn(
+            column,
+            None,
+            f"not in the event's row (renamed or dropped in the source?{hint});"
+            f" it has {', '.join(known)}",
+            None,
+        )
+
     def _decode(self, column: str, value: Any) -> Any:
         field_schema = self._schema.get(column) if self._schema is not None else None
         if field_schema is None:
@@ -482,7 +488,8 @@ class RowReader:
         memo = self._memo.get(column)
         try:
             # Each event brings its own copy of the schema: reuse the decoder while it is equal.
-            if memo is None or memo[0] != field_schema:
+            # (An in-process source shares one schema object across events: no comparison.)
+            if memo is None or (memo[0] is not field_schema and memo[0] != field_schema):
                 memo = (field_schema, schema_decoder(field_schema))
                 self._memo[column] = memo
             decoder = memo[1]

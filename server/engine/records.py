@@ -79,6 +79,10 @@ def key_order(key: RecordKey) -> tuple[str, str, str]:
     return (key.source, key.table, key.key)
 
 
+# json.dumps with options builds a new encoder per call; every event's key goes through here.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value: Any) -> str:
     """Compact JSON with sorted keys: equal values give equal text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)

@@ -388,8 +388,14 @@ class Chain:
                 return None
             if step.elementwise and isinstance(value, list):
                 value = [None if v is None else _run(step, v) for v in value]
-            else:
-                value = _run(step, value)
+                continue
+            # _run inlined: this runs for most mapped columns of every event.
+            try:
+                value = step.apply(value)
+            except TransformError as exc:
+                raise TransformError(exc.reason, step.name, value) from None
+            except (ValueError, TypeError, ArithmeticError) as exc:
+                raise TransformError(str(exc), step.name, value) from None
         return value
 
 
