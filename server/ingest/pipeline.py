@@ -300,9 +300,11 @@ def _log_changes(changes: list[ChangeRow], head: int) -> None:
     only, never field values: nothing personal even at debug level.
     """
     first = head - len(changes) + 1
+    # Resolve the (lazily configured) logger once per batch rather than once per line.
+    debug = log.debug
     for sequence, change in enumerate(changes, start=first):
         for cause in change.cause:
-            log.debug(
+            debug(
                 "ingest.change_applied",
                 sequence=sequence,
                 profile_id=change.profile_id,
