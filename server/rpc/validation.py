@@ -21,7 +21,9 @@ def validate_profile_id(value: str, field: str) -> str:
     """
     if not value:
         raise InvalidArgument(field, "is required")
-    if len(value) > MAX_ID_LENGTH or not value.isprintable() or any(c.isspace() for c in value):
+    # isprintable() refuses every whitespace character but the space itself (checked over all
+    # code points), so one substring test finds the rest: a per-character loop cost ~3 µs a call.
+    if len(value) > MAX_ID_LENGTH or not value.isprintable() or " " in value:
         raise InvalidArgument(
             field, f"must be a profile id: at most {MAX_ID_LENGTH} printable characters, no spaces"
         )

@@ -205,9 +205,9 @@ def _rows(results: list[pq.abc.PGresult]) -> list[Row]:
     for result in results:
         status = result.status
         if status == pq.ExecStatus.TUPLES_OK:
-            width = result.nfields
-            for i in range(result.ntuples):
-                rows.append(tuple(result.get_value(i, j) for j in range(width)))
+            value = result.get_value
+            columns = range(result.nfields)
+            rows.extend(tuple([value(i, j) for j in columns]) for i in range(result.ntuples))
         elif status == pq.ExecStatus.FATAL_ERROR:
             if result.error_field(pq.DiagnosticField.SQLSTATE) == _QUERY_CANCELED:
                 raise QueryTimedOut("the store cancelled the query at its timeout")
