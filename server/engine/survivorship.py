@@ -230,7 +230,7 @@ def merge_fields(records: Iterable[SourceRecord], rules: RuleSet) -> dict[str, F
         if len(holders) == 1 and rule.kind in _CHOSEN_UNCHECKED:
             # One holder (most paths: few people are in both systems) wins without ranking.
             winner = holders[0]
-            merged[path] = FieldValue(winner.fields[path], (provenance(winner, rule),))
+            merged[path] = FieldValue(winner.fields[path], provenance.sole(winner, rule))
             continue
         # A single holder under ``union`` has nothing to rank, but its value is still normalised;
         # other rules rank (and type-check) even one holder.
@@ -264,13 +264,17 @@ class _ProvenanceCache:
 
     def __init__(self) -> None:
         # Keyed by id(record): the records outlive the merge, so ids are not reused meanwhile.
-        self._built: dict[tuple[int, str], Provenance] = {}
+        self._built: dict[tuple[int, str], tuple[Provenance]] = {}
 
     def __call__(self, record: SourceRecord, rule: Rule) -> Provenance:
+        return self.sole(record, rule)[0]
+
+    def sole(self, record: SourceRecord, rule: Rule) -> tuple[Provenance]:
+        """The provenance as a chosen value's one-element tuple (shared: tuples are immutable)."""
         key = (id(record), rule.kind)
         found = self._built.get(key)
         if found is None:
-            found = self._built[key] = _provenance(record, rule)
+            found = self._built[key] = (_provenance(record, rule),)
         return found
 
 
