@@ -197,7 +197,7 @@ _INFINITIES = frozenset(("infinity", "-infinity", "+infinity"))
 def _from_epoch(amount: int, unit: TimeUnit) -> datetime | None:
     micros = amount // 1000 if unit is TimeUnit.NS else amount * _US_PER_UNIT[unit]
     try:
-        return _EPOCH + timedelta(microseconds=micros)
+        return _EPOCH + timedelta(0, 0, micros)  # positional: cheaper than the keyword
     except OverflowError:
         # Debezium's encodings of 'infinity' (and anything beyond year 9999): no finite instant,
         # and a profile holds no infinities, so the field is empty rather than the event lost.

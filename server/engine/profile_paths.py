@@ -202,15 +202,14 @@ def to_bool(value: object) -> bool | None:
 def format_timestamp(value: datetime) -> str:
     """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC: fixed width, so the text sorts like the instant."""
     v = value.astimezone(UTC) if value.tzinfo is not None else value
-    return (
-        f"{v.year:04d}-{v.month:02d}-{v.day:02d}T"
-        f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}Z"
-    )
+    # %-formatting: about twice as fast as the same f-string format specs (a field per event).
+    parts = (v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % parts  # noqa: UP031
 
 
 def format_date(value: date) -> str:
     """``YYYY-MM-DD``."""
-    return f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
+    return "%04d-%02d-%02d" % (value.year, value.month, value.day)  # noqa: UP031 (speed)
 
 
 def as_text(value: object) -> str | None:
