@@ -133,7 +133,8 @@ _NOT_RUN = object()
 def _evaluate(plan: ColumnPlan, row: RowReader, chained: dict[str, Any]) -> Any:
     if plan.multi:
         raw: Any = [row.get(c) for c in plan.columns]
-        if any(v is UNAVAILABLE for v in raw):
+        # `in` without a generator; no column value compares equal to the marker but itself.
+        if UNAVAILABLE in raw:
             return UNAVAILABLE
     else:
         raw = row.get(plan.columns[0])

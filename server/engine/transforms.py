@@ -283,8 +283,8 @@ def _concat(options: Mapping[str, Any], default_sep: str = "") -> Callable[[Any]
 
     def concat(value: Any) -> Any:
         parts = value if isinstance(value, list) else [value]
-        texts = [t for t in (as_text(p) for p in parts) if t and t.strip()]
-        return sep.join(t.strip() for t in texts) or None
+        texts = [stripped for t in map(as_text, parts) if t and (stripped := t.strip())]
+        return sep.join(texts) or None
 
     return concat
 
