@@ -190,6 +190,7 @@ def to_decimal(value: object, scale: int | None = None) -> Decimal | None:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_ONE_MICROSECOND = timedelta(microseconds=1)
 _US_PER_UNIT = {TimeUnit.S: 1_000_000, TimeUnit.MS: 1_000, TimeUnit.US: 1}
 _INFINITIES = frozenset(("infinity", "-infinity", "+infinity"))
 
@@ -380,7 +381,7 @@ def to_epoch_micros(value: object, unit: TimeUnit = TimeUnit.US) -> int | None:
         return None
     if isinstance(value, datetime):
         aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        return (aware - _EPOCH) // timedelta(microseconds=1)
+        return (aware - _EPOCH) // _ONE_MICROSECOND
     if isinstance(value, date):
         return (value.toordinal() - _EPOCH_ORDINAL) * 86_400_000_000
     if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():

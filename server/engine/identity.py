@@ -108,7 +108,10 @@ class IdentifierType:
         """Whether an already normalised value is empty or a placeholder that identifies nobody."""
         if not value or value.casefold() in self._blocked_exact:
             return True
-        return any(p.fullmatch(value) for p in self._blocked_patterns)
+        for pattern in self._blocked_patterns:  # a loop, not any(<generator>): once per identifier
+            if pattern.fullmatch(value):
+                return True
+        return False
 
 
 def _apply_step(step: str, text: str) -> str:
