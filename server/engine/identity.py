@@ -108,7 +108,8 @@ class IdentifierType:
         """Whether an already normalised value is empty or a placeholder that identifies nobody."""
         if not value or value.casefold() in self._blocked_exact:
             return True
-        for pattern in self._blocked_patterns:  # a loop, not any(<generator>): once per identifier
+        # A loop, not any(<generator>): this runs once per identifier of every event.
+        for pattern in self._blocked_patterns:  # noqa: SIM110
             if pattern.fullmatch(value):
                 return True
         return False
