@@ -266,3 +266,19 @@ def test_explain_lists_candidates_best_first() -> None:
     )
     assert explanation.result == merge_fields([crm, loyalty], RULES)["contact.email"]
     assert explain_field([crm], "crm.owner", RULES).result is None
+
+
+# --- shared provenance (a speed-up that must not show) -----------------------------------------
+
+
+def test_fields_a_record_wins_under_one_rule_share_one_equal_provenance() -> None:
+    crm = record("crm", 1, fields={"person.given_name": "Ada", "person.family_name": "Lovelace"})
+    loyalty = record("loyalty", 2, fields={"loyalty.tier": "gold", "traits.visits": 3}, commit=5)
+    merged = merge_fields([crm, loyalty], RULES)
+    given, family = merged["person.given_name"], merged["person.family_name"]
+    assert given.provenance is family.provenance
+    assert merged["loyalty.tier"].provenance[0] == Provenance(
+        "loyalty", "public.members", '{"id":2}', None, 5, "source_priority"
+    )
+    # Built again from scratch, every field's value and provenance compare equal.
+    assert merge_fields([loyalty, crm], RULES) == merged
