@@ -52,6 +52,18 @@ class Slots:
         """Let ``coalescer`` queue reads for the free connections."""
         self._coalescers.append(coalescer)  # type: ignore[arg-type]
 
+    def claim(self) -> bool:
+        """Take a free connection for a statement run outside the coalescers (``False``: none)."""
+        if self.free <= 0:
+            return False
+        self.free -= 1
+        return True
+
+    def release(self) -> None:
+        """Give back a connection taken with :meth:`claim`, starting queued reads on it."""
+        self.free += 1
+        self.dispatch()
+
     def dispatch(self) -> None:
         """Start a batch on each free connection while reads are queued (round robin by kind)."""
         idle_rounds = 0

@@ -205,7 +205,7 @@ class ProfileReadPool:
         self, profile_id: str, timeout_s: float | None = None
     ) -> ResolvedProfile | None:
         """The profile with this id or alias, if any."""
-        if self._slots.free:
+        if self._slots.claim():
             return await self._alone(self._get_one, profile_id, timeout_s)
         return await self._gets.read(profile_id, timeout_s)
 
@@ -218,7 +218,7 @@ class ProfileReadPool:
             The profile; or, when not exactly one profile holds the value, how many do (``0``
             also when the one holder has just been removed).
         """
-        if self._slots.free:
+        if self._slots.claim():
             return await self._alone(self._lookup_one, identifier, timeout_s)
         return await self._lookups.read(identifier, timeout_s)
 
@@ -251,7 +251,7 @@ class ProfileReadPool:
     async def _alone(
         self, read: Callable[[_K], Awaitable[_T]], key: _K, timeout_s: float | None
     ) -> _T:
-        """Run a single-key read that found a connection free at once, in the caller's task.
+        """Run a single-key read that claimed a free connection at once, in the caller's task.
 
         What the coalescer does with such a read (a statement of its own), without the batch's
         task, its two timers and its hand-off: ~30-40 µs of CPU less per read. On a busy server
@@ -263,14 +263,11 @@ class ProfileReadPool:
         Cancelling the caller (its deadline, gRPC's, any number of times) is safe here: the
         direct connection cancels and drains its statement in a task of its own.
         """
-        slots = self._slots
-        slots.free -= 1
         try:
             async with asyncio.timeout(timeout_s):
                 return await read(key)
         finally:
-            slots.free += 1
-            slots.dispatch()
+            self._slots.release()
 
     async def _detached(
         self, statement: Callable[[], Awaitable[_T]], timeout_s: float | None
