@@ -157,7 +157,6 @@ def _main(config_data: dict[str, Any]) -> None:
 
     import structlog
 
-    from unified_profile.server.collector import settle_after_start
     from unified_profile.server.config import parse_service_config
     from unified_profile.server.ingest.service import open_store
     from unified_profile.server.rpc.server import serve
@@ -171,8 +170,7 @@ def _main(config_data: dict[str, Any]) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        settle_after_start()  # as `unified-profile serve` does
-        await serve(config, store, stop)
+        await serve(config, store, stop)  # settles the collector once up, as the command's does
 
     try:
         asyncio.run(run())

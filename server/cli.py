@@ -209,8 +209,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, _log_and_set, stop, signum)
-        settle_after_start()
-        await serve(config, store, stop)
+        await serve(config, store, stop)  # settles the collector once the server is up
 
     try:
         asyncio.run(run())
@@ -235,7 +234,7 @@ def _run_all(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, _log_and_set, stop, signum)
-        settle_after_start()
+        # run_all's server settles the collector once it is up (see rpc.server.serve).
         return (await run_all(config, store, stop)).failure
 
     try:

@@ -20,8 +20,9 @@ FIRST_GENERATION_THRESHOLD = 20_000
 def settle_after_start() -> None:
     """Leave what exists now out of later collections, and collect young objects less often.
 
-    Called once a command has imported and built what it runs with. Objects created later are
-    collected as usual; reference cycles among them are still found, only somewhat later.
+    Called once a command has imported and built what it runs with: by ``engine`` and ``cdc``
+    before they start work, and by the gRPC server (``serve``, ``run``) once it is up. Objects
+    created later are collected as usual; reference cycles among them are found, only later.
     """
     gc.collect()
     gc.freeze()

@@ -8,7 +8,6 @@ so a load balancer drains it before calls are refused) and server reflection.
 from __future__ import annotations
 
 import asyncio
-import gc
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from unified_profile.v1 import profile_service_pb2_grpc
 
 from .. import metrics
+from ..collector import settle_after_start
 from ..config import ServiceConfig
 from ..feed.change_feed import ChangeFeed
 from ..store.profile_store import ProfileStore
@@ -171,8 +171,7 @@ async def serve(
     # as long as the process. Left to the cyclic collector, every full pass rescans it all:
     # ~180k objects, ~70 ms with the event loop stopped, every second or two once streams
     # churn short-lived objects, and each pass delays every change in flight to subscribers.
-    gc.collect()
-    gc.freeze()
+    settle_after_start()
     try:
         await stop.wait()
     finally:
