@@ -132,7 +132,7 @@ class Connector:
         mode = self.source.snapshot
         state = catalog.slot_state(self._catalog, slot)
         offset = self._offsets.load(self.source.name)
-        invalidated = None if state is None else catalog.slot_invalidation(self._catalog, slot)
+        invalidated = None if state is None else state.invalidation
         if invalidated is not None:
             self._drop_invalidated_slot(invalidated, offset)
             state = None

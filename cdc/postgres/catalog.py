@@ -32,6 +32,19 @@ class SlotState:
     active_pid: int | None
     restart_lsn: int | None = None
     """The oldest WAL the slot still needs: no change it will stream starts before it."""
+    invalidation_reason: str | None = None
+    """Why the server invalidated the slot (PostgreSQL 17 and later), else ``None``."""
+
+    @property
+    def invalidation(self) -> str | None:
+        """Why the slot can stream nothing any more (``wal_removed``, ``idle_timeout``…), or ``None``.
+
+        An invalidated slot still exists. PostgreSQL 17 and later say why; from 13 on,
+        ``wal_status = 'lost'`` means its WAL was removed.
+        """
+        if self.invalidation_reason is not None:
+            return self.invalidation_reason
+        return "wal_removed" if self.wal_status == "lost" else None
 
 
 def check_server(conn: psycopg.Connection[Any]) -> str:
@@ -185,14 +198,16 @@ def ensure_publication(
 
 def slot_state(conn: psycopg.Connection[Any], slot: str) -> SlotState | None:
     """The slot's state, or ``None`` if there is no such slot."""
+    # invalidation_reason through to_jsonb: servers before 17 lack the column and give NULL.
     row = conn.execute(
         "SELECT slot_name, plugin, database, confirmed_flush_lsn::text, wal_status, active_pid, "
-        "restart_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+        "restart_lsn::text, to_jsonb(s) ->> 'invalidation_reason' "
+        "FROM pg_replication_slots s WHERE slot_name = %s",
         (slot,),
     ).fetchone()
     if row is None:
         return None
-    name, plugin, database, confirmed, wal_status, active_pid, restart = row
+    name, plugin, database, confirmed, wal_status, active_pid, restart, reason = row
     return SlotState(
         name,
         plugin,
@@ -201,6 +216,7 @@ def slot_state(conn: psycopg.Connection[Any], slot: str) -> SlotState | None:
         wal_status,
         active_pid,
         parse_lsn(restart) if restart else None,
+        reason,
     )
 
 
@@ -228,26 +244,6 @@ def check_slot_usable(state: SlotState, database: str) -> None:
             "stop the other connector, or terminate it with "
             f"SELECT pg_terminate_backend({state.active_pid});",
         )
-
-
-def slot_invalidation(conn: psycopg.Connection[Any], slot: str) -> str | None:
-    """Why the server invalidated the slot (``wal_removed``, ``idle_timeout``…), or ``None``.
-
-    An invalidated slot still exists but can stream nothing any more. PostgreSQL 17 and later
-    say why in ``invalidation_reason`` (read through ``to_jsonb`` so that older servers, which
-    lack the column, give NULL); from 13 on, ``wal_status = 'lost'`` means its WAL was removed.
-    """
-    row = conn.execute(
-        "SELECT wal_status, to_jsonb(s) ->> 'invalidation_reason' FROM pg_replication_slots s "
-        "WHERE slot_name = %s",
-        (slot,),
-    ).fetchone()
-    if row is None:
-        return None
-    wal_status, reason = row
-    if reason is not None:
-        return str(reason)
-    return "wal_removed" if wal_status == "lost" else None
 
 
 def drop_slot(conn: psycopg.Connection[Any], slot: str) -> None:

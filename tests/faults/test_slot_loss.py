@@ -51,6 +51,17 @@ def _drop_slot(dsn: str, slot: str) -> None:
     raise AssertionError(f"slot {slot} kept being reacquired")
 
 
+def _promote_a_member(loyalty_dsn: str) -> str:
+    """Move the first member not yet platinum to platinum; return the member's id."""
+    with psycopg.connect(loyalty_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "UPDATE loyalty.members SET tier_code = 'PLT', updated_at = now()"
+            " WHERE member_id = (SELECT min(member_id) FROM loyalty.members"
+            " WHERE tier_code <> 'PLT') RETURNING member_id").fetchone()
+    assert row is not None, "every member is platinum already"
+    return str(row[0])
+
+
 def _changes_after(store_dsn: str, sequence: int) -> list[tuple[int, str, dict, list]]:
     with psycopg.connect(store_dsn) as conn:
         return conn.execute(
@@ -117,28 +128,18 @@ def test_lost_slot_with_when_needed_resnapshots_without_spurious_changes(
                                  "when_needed")
     before = head(store_dsn)
     loyalty = demo_sources.dsns["loyalty"]
-    with psycopg.connect(loyalty) as conn:
-        member = conn.execute(
-            "SELECT member_id FROM loyalty.members WHERE tier_code <> 'PLT' ORDER BY member_id"
-            " LIMIT 1").fetchone()[0]
-
-    def change_while_gone() -> None:
-        with psycopg.connect(loyalty, autocommit=True) as conn:
-            conn.execute("UPDATE loyalty.members SET tier_code = 'PLT', updated_at = now()"
-                         " WHERE member_id = %s", (member,))
-
     service: RunProcess | None = None
     try:
         if when == "stopped":
             _drop_slot(loyalty, deployment.slots["loyalty"])
-            change_while_gone()
+            member = _promote_a_member(loyalty)
             service = RunProcess(deployment, env, tmp_path / "again.log")
         else:
             service = RunProcess(deployment, env, tmp_path / "again.log")
             wait_for(lambda: len(service.log_events("cdc.streaming")) >= 2, "streaming",
                      died=[service.died])
             _drop_slot(loyalty, deployment.slots["loyalty"])
-            change_while_gone()
+            member = _promote_a_member(loyalty)
         wait_for(lambda: service.log_events("cdc.snapshot_completed"), "the re-snapshot",
                  died=[service.died])
         _caught_up(service, deployment, demo_sources)
@@ -222,13 +223,8 @@ def test_invalidated_slot_with_when_needed_resnapshots_without_spurious_changes(
                                  "when_needed")
     before = head(store_dsn)
     loyalty = sources.dsns["loyalty"]
-    with psycopg.connect(loyalty, autocommit=True) as conn:
-        member = conn.execute(
-            "SELECT member_id FROM loyalty.members WHERE tier_code <> 'PLT' ORDER BY member_id"
-            " LIMIT 1").fetchone()[0]
-        # Made while the service is stopped: its WAL is among what the server removes.
-        conn.execute("UPDATE loyalty.members SET tier_code = 'PLT', updated_at = now()"
-                     " WHERE member_id = %s", (member,))
+    # Made while the service is stopped: its WAL is among what the server removes.
+    member = _promote_a_member(loyalty)
     _invalidate_slot(loyalty, deployment.slots["loyalty"])
 
     service = RunProcess(deployment, env, tmp_path / "again.log")
@@ -268,11 +264,7 @@ def test_a_slot_invalidated_while_streaming_is_recreated_without_a_restart(
         pid = service.process.pid
         os.kill(pid, signal.SIGSTOP)
         try:
-            with psycopg.connect(loyalty, autocommit=True) as conn:
-                member = conn.execute(
-                    "UPDATE loyalty.members SET tier_code = 'PLT', updated_at = now()"
-                    " WHERE member_id = (SELECT min(member_id) FROM loyalty.members"
-                    " WHERE tier_code <> 'PLT') RETURNING member_id").fetchone()[0]
+            member = _promote_a_member(loyalty)
             assert _invalidate_slot(loyalty, slot) == "wal_removed"
         finally:
             os.kill(pid, signal.SIGCONT)

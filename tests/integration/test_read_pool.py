@@ -140,9 +140,19 @@ def test_reads_survive_the_store_closing_their_connections(store_dsn, people):
 
 
 def _connections(admin) -> int:
-    (count,) = admin.execute(
+    """Other client connections to the store's database."""
+    return _backends(admin, "backend_type = 'client backend'")
+
+
+def _lock_waiters(observer) -> int:
+    """Other backends of the store's database waiting for a lock."""
+    return _backends(observer, "wait_event_type = 'Lock'")
+
+
+def _backends(conn, condition: str) -> int:
+    (count,) = conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchone()
+        f"AND {condition} AND pid <> pg_backend_pid()").fetchone()
     return int(count)
 
 
@@ -176,13 +186,6 @@ def test_a_read_cancelled_twice_leaves_no_statement_behind(store_dsn, people):
         waiting, after = asyncio.run(scenario(locker, observer))
     assert waiting == 0
     assert [r.profile.profile_id for r in after if r is not None] == [people["bob"]] * 3
-
-
-def _lock_waiters(observer) -> int:
-    (count,) = observer.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()").fetchone()
-    return int(count)
 
 
 def test_closing_the_pool_fails_reads_in_flight_and_leaves_no_connection(store_dsn, people):
