@@ -2,7 +2,7 @@
 
 * **Subscribers** (:func:`subscribers_main`): each child opens ``subscribers`` streams of
   ``SubscribeProfileChanges`` (``START_LATEST``, no filter, changed fields only, heartbeats every
-  second) over a few channels, reports ``ready`` once every stream has received a first message
+  second, up to as many changes per message as the Python client asks for) over a few channels, reports ``ready`` once every stream has received a first message
   (a heartbeat proves the stream is live on the server), and then records, for every change it
   receives, ``(sequence, time.monotonic())`` until told to stop. Protobuf parsing of the
   messages is part of what a subscriber does, so it is kept.
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from grpc import aio
+from unified_profile_client import CHANGES_PER_MESSAGE
 
 from unified_profile.v1 import profile_service_pb2 as pb
 from unified_profile.v1 import profile_service_pb2_grpc
@@ -155,7 +156,8 @@ async def _subscribe(job: SubscribeJob, conn: multiprocessing.connection.Connect
     live = 0
     all_live = asyncio.Event()
     request = pb.SubscribeProfileChangesRequest(
-        start=pb.SubscribeProfileChangesRequest.START_LATEST, heartbeat_seconds=1
+        start=pb.SubscribeProfileChangesRequest.START_LATEST, heartbeat_seconds=1,
+        max_changes_per_message=CHANGES_PER_MESSAGE,
     )
     metadata = (("authorization", f"Bearer {job.token}"),)
 
@@ -165,9 +167,10 @@ async def _subscribe(job: SubscribeJob, conn: multiprocessing.connection.Connect
         try:
             async for message in stub.SubscribeProfileChanges(request, metadata=metadata):
                 now = time.monotonic()
-                if message.HasField("change"):
-                    sequences.append(message.change.sequence)
-                    times.append(now)
+                if message.HasField("changes"):
+                    for change in message.changes.changes:
+                        sequences.append(change.sequence)
+                        times.append(now)
                 if first:
                     first = False
                     live += 1

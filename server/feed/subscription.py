@@ -10,8 +10,9 @@ iteration) removes it from the feed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -55,7 +56,8 @@ class Heartbeat:
 
 
 class Subscription(Generic[T]):
-    """A subscription to the change feed; iterate it for :class:`FeedEntry` and :class:`Heartbeat`.
+    """A subscription to the change feed; iterate it for :class:`FeedEntry` and :class:`Heartbeat`
+    (or :meth:`batches` of entries).
 
     Created by :meth:`ChangeFeed.subscribe`. Iteration raises :class:`FeedError` subclasses when the
     subscription cannot go on (retention overtook it, the store failed, the feed closed).
@@ -107,9 +109,25 @@ class Subscription(Generic[T]):
         self._buffer.clear()
 
     def __aiter__(self) -> AsyncIterator[FeedEntry[T] | Heartbeat]:
-        return self._iterate()
+        return self._one_by_one()
 
-    async def _iterate(self) -> AsyncIterator[FeedEntry[T] | Heartbeat]:
+    def batches(self, max_entries: int) -> AsyncIterator[list[FeedEntry[T]] | Heartbeat]:
+        """Iterate consecutive changes up to ``max_entries`` at a time, and heartbeats.
+
+        A batch holds the changes already waiting when the consumer asks for the next one, so
+        batching adds no delay: a consumer that keeps up gets one change at a time, one that
+        falls behind (or catches up from the log) gets up to ``max_entries``.
+        """
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, not {max_entries}")
+        return self._iterate(max_entries)
+
+    async def _one_by_one(self) -> AsyncIterator[FeedEntry[T] | Heartbeat]:
+        async with contextlib.aclosing(self._iterate(1)) as items:
+            async for item in items:
+                yield item if isinstance(item, Heartbeat) else item[0]
+
+    async def _iterate(self, most: int) -> AsyncGenerator[list[FeedEntry[T]] | Heartbeat, None]:
         loop = asyncio.get_running_loop()
         last_sent = loop.time()
         try:
@@ -119,15 +137,15 @@ class Subscription(Generic[T]):
                 # Buffered entries first, also after a fallback: they all precede the position
                 # the catch-up read starts after.
                 if self._buffer:
-                    yield self._buffer.popleft()
+                    yield _take(self._buffer, most)
                     last_sent = loop.time()
                     continue
                 if not self._live:
                     if self._feed._join(self):
                         continue
                     read = await self._feed._catch_up_read(self)
-                    for entry in read.entries:
-                        yield entry
+                    for start in range(0, len(read.entries), most):
+                        yield read.entries[start : start + most]
                         last_sent = loop.time()
                     self.position = max(self.position, read.last)
                     if loop.time() - last_sent >= self._heartbeat_s:
@@ -193,6 +211,15 @@ class Subscription(Generic[T]):
     def _wake(self) -> None:
         if self._waiter is not None:
             _resolve(self._waiter)
+
+
+def _take(buffer: deque[FeedEntry[T]], most: int) -> list[FeedEntry[T]]:
+    """The first ``most`` entries of ``buffer``, removed from it."""
+    if len(buffer) <= most:
+        entries = list(buffer)
+        buffer.clear()
+        return entries
+    return [buffer.popleft() for _ in range(most)]
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

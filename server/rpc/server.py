@@ -27,6 +27,7 @@ from ..store.profile_store import ProfileStore
 from .auth import SERVICE, Authenticator, BearerAuthInterceptor
 from .call_metrics import CallMetricsInterceptor
 from .change_convert import subscribe_response
+from .change_encoding import EncodedStreamsInterceptor
 from .service import ChangeSubscriptions, ProfileService
 from .settings import GrpcConfig, TlsConfig
 from .subscriptions import ProfileSubscriptions
@@ -97,7 +98,13 @@ async def start_server(
         ("grpc.so_reuseport", 1 if config.reuse_port else 0),
     ]
     server = aio.server(
-        interceptors=[CallMetricsInterceptor(), BearerAuthInterceptor(Authenticator(config.tokens))],
+        # The encoded-streams interceptor is innermost: the handlers the others build around
+        # the registered one keep its pass-through serializer.
+        interceptors=[
+            CallMetricsInterceptor(),
+            BearerAuthInterceptor(Authenticator(config.tokens)),
+            EncodedStreamsInterceptor(),
+        ],
         options=options,
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )

@@ -63,8 +63,8 @@ class ChangeSubscriptions(Protocol):
 
     def subscribe(
         self, request: pb.SubscribeProfileChangesRequest, context: Any
-    ) -> AsyncIterator[pb.SubscribeProfileChangesResponse]:
-        """Yield the subscription's messages until the client goes away."""
+    ) -> AsyncIterator[pb.SubscribeProfileChangesResponse | bytes]:
+        """Yield the subscription's messages (or their encodings) until the client goes away."""
         ...
 
 
@@ -332,9 +332,9 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
 
     # --- subscriptions ------------------------------------------------------------------------
 
-    async def SubscribeProfileChanges(
+    async def SubscribeProfileChanges(  # type: ignore[override]  # also yields encoded messages
         self, request: pb.SubscribeProfileChangesRequest, context: Any
-    ) -> AsyncIterator[pb.SubscribeProfileChangesResponse]:
+    ) -> AsyncIterator[pb.SubscribeProfileChangesResponse | bytes]:
         """Delegated to the change feed (:class:`ChangeSubscriptions`)."""
         if self._subscriptions is None:
             await _abort(

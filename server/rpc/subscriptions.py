@@ -32,7 +32,8 @@ from ..feed import (
     StartAt,
 )
 from ..store.profile_store import ProfileStore
-from .change_convert import with_profile
+from .change_convert import EncodedChange, with_profile
+from .change_encoding import batch_messages, single_message
 from .errors import InvalidArgument, is_expected, status_of
 
 Request: TypeAlias = profile_service_pb2.SubscribeProfileChangesRequest
@@ -44,6 +45,9 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_HEARTBEAT_S = 10
 """Heartbeat interval when the request leaves ``heartbeat_seconds`` at 0."""
+
+MAX_CHANGES_PER_MESSAGE = 1_000
+"""The most changes a request may ask for in one message."""
 
 _Start = profile_service_pb2.SubscribeProfileChangesRequest.Start
 # ChangeKind number → the change log's kind (CHANGE_KIND_UPDATED → UPDATED).
@@ -65,6 +69,7 @@ class SubscriptionRequest:
     filter: ChangeFilter
     heartbeat_s: float
     include_profile: bool
+    max_per_message: int
 
 
 def parse_request(request: Request) -> SubscriptionRequest:
@@ -86,6 +91,11 @@ def parse_request(request: Request) -> SubscriptionRequest:
         raise InvalidArgument(
             "start", "must be START_EARLIEST, START_LATEST or START_AFTER_SEQUENCE"
         )
+    if not 0 <= request.max_changes_per_message <= MAX_CHANGES_PER_MESSAGE:
+        raise InvalidArgument(
+            "max_changes_per_message",
+            f"must be 0 (one change per message) to {MAX_CHANGES_PER_MESSAGE:,}",
+        )
     if request.heartbeat_seconds < 0:
         raise InvalidArgument("heartbeat_seconds", "at least 1 (or 0 for the default, 10)")
     kinds: list[str] = []
@@ -104,6 +114,7 @@ def parse_request(request: Request) -> SubscriptionRequest:
         filter=change_filter,
         heartbeat_s=float(request.heartbeat_seconds or DEFAULT_HEARTBEAT_S),
         include_profile=request.include_profile,
+        max_per_message=request.max_changes_per_message,
     )
 
 
@@ -124,12 +135,17 @@ class ProfileSubscriptions:
         store: Where ``include_profile`` reads the current profile.
     """
 
-    def __init__(self, feed: ChangeFeed[Response], store: ProfileStore) -> None:
+    def __init__(self, feed: ChangeFeed[EncodedChange], store: ProfileStore) -> None:
         self._feed = feed
         self._store = store
 
-    async def subscribe(self, request: Request, context: Context) -> AsyncIterator[Response]:
+    async def subscribe(
+        self, request: Request, context: Context
+    ) -> AsyncIterator[Response | bytes]:
         """Stream changes (and heartbeats while idle) until the client cancels.
+
+        Changes go as messages encoded from the feed's shared encodings (``bytes``, which the
+        method's serializer passes through: :mod:`.change_encoding`); heartbeats as messages.
 
         Ends the call with INVALID_ARGUMENT (a field is invalid), OUT_OF_RANGE (the start is
         older than retention or past the head; the message says how to resync) or UNAVAILABLE
@@ -148,16 +164,21 @@ class ProfileSubscriptions:
         error: Exception | None = None
         last_sent = subscription.position
         try:
-            async for item in subscription:
+            async for item in subscription.batches(plan.max_per_message or 1):
                 if isinstance(item, Heartbeat):
                     yield _heartbeat(item.head_sequence)
                     continue
                 if plan.include_profile:
-                    yield await self._with_profile(item)
+                    changes = [await self._with_profile(entry) for entry in item]
                 else:
-                    # The message converted once by the feed, shared with every subscriber.
-                    yield item.payload
-                last_sent = item.sequence
+                    # Encoded once by the feed, shared with every subscriber.
+                    changes = [entry.payload.encoded for entry in item]
+                if plan.max_per_message:
+                    for message in batch_messages(changes):
+                        yield message
+                else:
+                    yield single_message(changes[0])
+                last_sent = item[-1].sequence
         except Exception as exc:
             error = exc
         finally:
@@ -168,7 +189,7 @@ class ProfileSubscriptions:
         if error is not None:
             await _abort(context, error)
 
-    async def _with_profile(self, entry: FeedEntry[Response]) -> Response:
+    async def _with_profile(self, entry: FeedEntry[EncodedChange]) -> bytes:
         """The change with the profile as it is now (read at delivery, as the API says)."""
         found = None
         if entry.change.kind != "DELETED":

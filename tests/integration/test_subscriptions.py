@@ -34,6 +34,7 @@ from unified_profile.server.feed import (
 )
 from unified_profile.server.ingest.applier import IncomingRecord, ProfileApplier
 from unified_profile.server.rpc.change_convert import subscribe_response
+from unified_profile.server.rpc.change_encoding import EncodedStreamsInterceptor
 from unified_profile.server.rpc.service import ProfileService
 from unified_profile.server.rpc.subscriptions import ProfileSubscriptions
 from unified_profile.server.store import migrate
@@ -66,10 +67,10 @@ class Harness:
         return await asyncio.to_thread(write)
 
     def subscribe(self, start=Start.START_EARLIEST, after=0, *, kinds=(), paths=(), sources=(),
-                  heartbeat=1, include_profile=False, stub=None):
+                  heartbeat=1, include_profile=False, per_message=0, stub=None):
         request = Request(
             start=start, after_sequence=after, heartbeat_seconds=heartbeat,
-            include_profile=include_profile,
+            include_profile=include_profile, max_changes_per_message=per_message,
             filter=profile_service_pb2.ChangeFilter(
                 kinds=list(kinds), field_paths=list(paths), sources=list(sources)
             ),
@@ -90,9 +91,10 @@ async def serving(dsn: str, listen_dsn: str | None = None, **config: Any) -> Asy
     store = ProfileStore.connect(dsn)
     feed = ChangeFeed(store, listen_dsn or dsn, subscribe_response, ChangeFeedConfig(**config))
     await feed.start()
-    # The service's own servicer, delegating to the subscriptions; no auth interceptor here.
+    # The service's own servicer, delegating to the subscriptions; no auth interceptor here, only
+    # the one that sends the feed's encoded messages as they are.
     service = ProfileService(store, TYPES, RULES, subscriptions=ProfileSubscriptions(feed, store))
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[EncodedStreamsInterceptor()])
     profile_service_pb2_grpc.add_ProfileServiceServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -122,15 +124,27 @@ def change(profile: str = "p1", kind: str = "UPDATED", paths: Sequence[str] = ("
                      related or {}, [cause])
 
 
-async def read_changes(call, count: int, timeout: float = 15.0) -> list[profile_pb2.ProfileChange]:
-    """The next ``count`` changes of a stream (heartbeats skipped)."""
+def changes_in(response) -> list[profile_pb2.ProfileChange]:
+    """The changes one message carries: one (``change``), several (``changes``) or none."""
+    if response.HasField("changes"):
+        assert response.changes.changes, "a batch message without changes"
+        return list(response.changes.changes)
+    return [response.change] if response.HasField("change") else []
+
+
+async def read_changes(call, count: int, timeout: float = 15.0, sizes: list[int] | None = None
+                       ) -> list[profile_pb2.ProfileChange]:
+    """The next ``count`` changes of a stream (heartbeats skipped); ``sizes`` gets each message's
+    number of changes."""
     changes: list[profile_pb2.ProfileChange] = []
     async with asyncio.timeout(timeout):
         while len(changes) < count:
             response = await call.read()
             assert response is not grpc.aio.EOF, f"stream ended after {len(changes)} changes"
-            if response.HasField("change"):
-                changes.append(response.change)
+            carried = changes_in(response)
+            changes += carried
+            if carried and sizes is not None:
+                sizes.append(len(carried))
     return changes
 
 
@@ -141,10 +155,11 @@ async def read_until_head(call, head: int, timeout: float = 20.0) -> list[int]:
         while True:
             response = await call.read()
             assert response is not grpc.aio.EOF
-            if response.HasField("change"):
-                sequences.append(response.change.sequence)
-            elif response.heartbeat.head_sequence >= head:
-                return sequences
+            if response.HasField("heartbeat"):
+                if response.heartbeat.head_sequence >= head:
+                    return sequences
+            else:
+                sequences += [c.sequence for c in changes_in(response)]
 
 
 async def status_of(call) -> grpc.aio.AioRpcError:
@@ -200,12 +215,13 @@ async def apply(store: ProfileStore, *records: SourceRecord) -> None:
 # --- tests ----------------------------------------------------------------------------------------
 
 
-def test_catch_up_from_the_log_then_live_changes_with_profiles(store_dsn):
+@pytest.mark.parametrize("per_message", [0, 10], ids=["one-per-message", "batched"])
+def test_catch_up_from_the_log_then_live_changes_with_profiles(store_dsn, per_message):
     async def scenario():
         async with serving(store_dsn) as h:
             await apply(h.store, crm(1, 10, "Anne"))
             await apply(h.store, member("L1", 11, crm_id=1, tier="gold"))
-            call = h.subscribe(Start.START_EARLIEST, include_profile=True)
+            call = h.subscribe(Start.START_EARLIEST, include_profile=True, per_message=per_message)
             created, updated = await read_changes(call, 2)
             assert (created.sequence, created.kind) == (1, K.CHANGE_KIND_CREATED)
             assert {c.path for c in created.changes} == {"person.given_name", "contact.email"}
@@ -347,10 +363,12 @@ def test_a_hundred_concurrent_subscribers_each_receive_exactly_their_changes(sto
         async with serving(store_dsn) as h:
             await h.append(*rows[:100])  # a backlog, so half the subscribers start by catching up
             # Odd ones replay the backlog first; even ones resume after it and are live at once.
+            # Every third one takes up to 7 changes per message.
             calls = [
                 h.subscribe(Start.START_EARLIEST if i % 2 else Start.START_AFTER_SEQUENCE,
                             after=0 if i % 2 else 100,
-                            kinds=[code[k] for k in sorted(k_)], paths=p_, sources=sorted(s_))
+                            kinds=[code[k] for k in sorted(k_)], paths=p_, sources=sorted(s_),
+                            per_message=7 if i % 3 == 0 else 0)
                 for i, (k_, p_, s_) in enumerate(filters)
             ]
             for i in range(100, 300, 10):
@@ -403,6 +421,32 @@ def test_a_subscriber_that_never_reads_delays_nobody_and_later_gets_everything(s
             for call in (slow, fast):
                 call.cancel()
             await slow_channel.close()
+    run(scenario)
+
+
+def test_batched_messages_carry_each_change_once_in_order_from_the_log_and_live(store_dsn):
+    async def scenario():
+        async with serving(store_dsn, read_batch=100) as h:
+            await h.append(*[change(f"p{i}") for i in range(250)])   # a backlog to catch up on
+            batched = h.subscribe(Start.START_EARLIEST, per_message=40)
+            single = h.subscribe(Start.START_EARLIEST)
+            sizes: list[int] = []
+            backlog = await read_changes(batched, 250, sizes=sizes)
+            assert [c.sequence for c in backlog] == list(range(1, 251))
+            assert max(sizes) == 40 and len(sizes) < 250 / 2
+            # Live: 200 changes committed at once wait for the stream together.
+            await h.append(*[change(f"q{i}") for i in range(200)])
+            live_sizes: list[int] = []
+            live = await read_changes(batched, 200, sizes=live_sizes)
+            assert [c.sequence for c in live] == list(range(251, 451))
+            assert max(live_sizes) <= 40 and len(live_sizes) < 200 / 2
+            assert {c.profile_id for c in live} == {f"q{i}" for i in range(200)}
+            # A stream that did not ask for batches still gets one change per message.
+            one_each: list[int] = []
+            await read_changes(single, 450, sizes=one_each)
+            assert set(one_each) == {1}
+            for call in (batched, single):
+                call.cancel()
     run(scenario)
 
 
@@ -512,6 +556,8 @@ def test_latest_starts_after_the_head_at_subscribe_time(store_dsn):
     ({"start": Start.START_AFTER_SEQUENCE, "after_sequence": -1}, "after_sequence"),
     ({"start": Start.START_LATEST, "after_sequence": 4}, "after_sequence"),
     ({"heartbeat_seconds": -1}, "heartbeat_seconds"),
+    ({"max_changes_per_message": -1}, "max_changes_per_message"),
+    ({"max_changes_per_message": 1_001}, "max_changes_per_message"),
     ({"filter": {"kinds": [K.CHANGE_KIND_UPDATED, 0]}}, "filter.kinds[1]"),
     ({"filter": {"kinds": [42]}}, "filter.kinds[0]"),
     ({"filter": {"field_paths": ["loyalty..tier"]}}, "filter.field_paths[0]"),

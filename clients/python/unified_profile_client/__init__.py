@@ -34,12 +34,20 @@ from unified_profile.v1.profile_service_pb2 import (
 from ._client import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ProfileClient
 from ._config import RetryConfig, TlsConfig
 from ._exceptions import ProfileServiceError, StatusCode
-from ._types import ChangeFilter, ChangeKindName, IdentifierRef, ProfileRefLike, WatchStart
+from ._types import (
+    CHANGES_PER_MESSAGE,
+    ChangeFilter,
+    ChangeKindName,
+    IdentifierRef,
+    ProfileRefLike,
+    WatchStart,
+)
 from ._watch import ChangeStream
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CHANGES_PER_MESSAGE",
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
     "ChangeCause",

@@ -101,6 +101,14 @@ def profile_ref(ref: ProfileRefLike) -> profile_service_pb2.ProfileRef:
     raise TypeError(f"a profile ref is a profile id (str) or an IdentifierRef, not {ref!r}")
 
 
+CHANGES_PER_MESSAGE = 500
+"""How many waiting changes a subscription may receive in one message (the server's limit: 1,000).
+
+Receiving a message costs far more than reading one more change from it, so a subscriber that
+falls behind catches up in fewer, larger messages.
+"""
+
+
 def subscribe_request(
     start: WatchStart,
     change_filter: ChangeFilter | None,
@@ -110,7 +118,9 @@ def subscribe_request(
     """The ``SubscribeProfileChangesRequest`` for a start and its options."""
     Start = profile_service_pb2.SubscribeProfileChangesRequest.Start
     request = profile_service_pb2.SubscribeProfileChangesRequest(
-        include_profile=include_profile, heartbeat_seconds=heartbeat_seconds or 0
+        include_profile=include_profile,
+        heartbeat_seconds=heartbeat_seconds or 0,
+        max_changes_per_message=CHANGES_PER_MESSAGE,
     )
     if change_filter is not None:
         request.filter.CopyFrom(change_filter.to_proto())
@@ -128,6 +138,7 @@ def subscribe_request(
 
 
 __all__ = [
+    "CHANGES_PER_MESSAGE",
     "CHANGE_KIND_NAMES",
     "ChangeFilter",
     "ChangeKindName",

@@ -4,13 +4,17 @@ Every change carries its change-log sequence, and the server resumes a subscript
 sequence it still retains. So the stream remembers the last sequence it *yielded* (not the last
 it received: a change received but not yet handed to the caller must come again) and reconnects
 with ``START_AFTER_SEQUENCE`` of it, which gives each later change exactly once.
+
+The stream asks for up to :data:`._types.CHANGES_PER_MESSAGE` changes per message (the server sends only
+changes already waiting, so this adds no delay) and yields them one by one; a server that sends
+one change per message is followed just the same.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from types import TracebackType
 
 from unified_profile.v1 import profile_pb2, profile_service_pb2
@@ -131,14 +135,18 @@ class ChangeStream(Iterator[profile_pb2.ProfileChange]):
                             response.heartbeat.head_sequence, self.head_sequence or 0
                         )
                         continue
-                    change = response.change
-                    if self.last_sequence is not None and change.sequence <= self.last_sequence:
-                        # Never expected (the server skips what we have), but a duplicate must
-                        # not reach the caller even then.
-                        continue
-                    self.last_sequence = change.sequence
-                    self.head_sequence = max(change.sequence, self.head_sequence or 0)
-                    yield change
+                    if response.HasField("changes"):
+                        changes: Iterable[profile_pb2.ProfileChange] = response.changes.changes
+                    else:
+                        changes = (response.change,)
+                    for change in changes:
+                        if self.last_sequence is not None and change.sequence <= self.last_sequence:
+                            # Never expected (the server skips what we have), but a duplicate
+                            # must not reach the caller even then.
+                            continue
+                        self.last_sequence = change.sequence
+                        self.head_sequence = max(change.sequence, self.head_sequence or 0)
+                        yield change
             except ProfileServiceError as exc:
                 if exc.code not in RECONNECT_CODES:
                     raise

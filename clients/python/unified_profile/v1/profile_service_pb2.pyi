@@ -550,12 +550,21 @@ class SubscribeProfileChangesRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     INCLUDE_PROFILE_FIELD_NUMBER: _builtins.int
     HEARTBEAT_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_CHANGES_PER_MESSAGE_FIELD_NUMBER: _builtins.int
     start: Global___SubscribeProfileChangesRequest.Start.ValueType
     after_sequence: _builtins.int
     include_profile: _builtins.bool
     """Include the whole profile (as it is when the change is delivered) with each change."""
     heartbeat_seconds: _builtins.int
     """Heartbeat interval while idle, in seconds (default 10, at least 1)."""
+    max_changes_per_message: _builtins.int
+    """Up to this many changes in one message (`changes`), at most 1,000. 0 (the default) sends
+    each change alone in `change`. A message carries only the changes already waiting when the
+    stream is ready to send, so batching adds no delay; it lets a subscriber keep up with
+    thousands of changes per second, which one message per change costs too much to deliver.
+    Changes stay in sequence order, within and across messages; a message is also cut short
+    before it would exceed 1 MiB.
+    """
     @_builtins.property
     def filter(self) -> Global___ChangeFilter: ...
     def __init__(
@@ -566,10 +575,11 @@ class SubscribeProfileChangesRequest(_message.Message):
         filter: Global___ChangeFilter | None = ...,
         include_profile: _builtins.bool = ...,
         heartbeat_seconds: _builtins.int = ...,
+        max_changes_per_message: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "filter", b"filter", "heartbeat_seconds", b"heartbeat_seconds", "include_profile", b"include_profile", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "filter", b"filter", "heartbeat_seconds", b"heartbeat_seconds", "include_profile", b"include_profile", "max_changes_per_message", b"max_changes_per_message", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -601,26 +611,56 @@ class Heartbeat(_message.Message):
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
 
 @_typing.final
+class ProfileChangeBatch(_message.Message):
+    """Consecutive changes of a subscription, in sequence order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[_profile_pb2.ProfileChange]: ...
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[_profile_pb2.ProfileChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProfileChangeBatch: _TypeAlias = ProfileChangeBatch  # noqa: Y015
+
+@_typing.final
 class SubscribeProfileChangesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CHANGE_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def change(self) -> _profile_pb2.ProfileChange: ...
+    def change(self) -> _profile_pb2.ProfileChange:
+        """One change (when the request leaves `max_changes_per_message` at 0)."""
+
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
+    @_builtins.property
+    def changes(self) -> Global___ProfileChangeBatch:
+        """One or more changes (when the request sets `max_changes_per_message`)."""
+
     def __init__(
         self,
         *,
         change: _profile_pb2.ProfileChange | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
+        changes: Global___ProfileChangeBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "heartbeat", b"heartbeat", "message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "changes", b"changes", "heartbeat", b"heartbeat", "message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "heartbeat", b"heartbeat", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "changes", b"changes", "heartbeat", b"heartbeat", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["change", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["change", "heartbeat", "changes"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
