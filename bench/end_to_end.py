@@ -160,11 +160,13 @@ def notes(measured: dict[str, Any], sizes: EndToEndSizes) -> list[str]:
                 if m["store_caught_up"]
                 else f"store still behind {m['catch_up_s']:.0f} s after the last commit"
             )
+            waited = m.get("commit_to_store_transaction") or {}
             parts.append(
                 f"{float(rate):,.0f}/s: {m['rows']:,} row changes in {m['transactions']:,} "
                 f"transactions at {m['achieved_rate'] or 0:,.0f}/s, {m['changes']:,} profile "
                 f"changes, {m['deliveries']:,} of {m['deliveries_expected']:,} deliveries, "
-                f"{caught}; host "
+                f"source commit → store transaction start p50 {_ms(waited.get('p50_ms'))} / "
+                f"p99 {_ms(waited.get('p99_ms'))}, {caught}; host "
                 f"{shares.get('idle', 0):.0f}% idle, {shares.get('steal', 0):.0f}% stolen"
             )
         out.append(
@@ -173,6 +175,10 @@ def notes(measured: dict[str, Any], sizes: EndToEndSizes) -> list[str]:
             f"{sum(stats['errors'].values())}: " + "; ".join(parts)
         )
     return out
+
+
+def _ms(milliseconds: float | None) -> str:
+    return "—" if milliseconds is None else f"{milliseconds:,.0f} ms"
 
 
 __all__ = ["EndToEndSizes", "figures", "notes", "run"]

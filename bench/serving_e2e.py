@@ -171,6 +171,7 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
                 (slot,),
             )
     committed_at = _source_commits(job.dsn, head)
+    store_began = _store_transaction_starts(job.dsn, head)
     # Subscribers time deliveries with time.monotonic() (one clock for every process on the
     # machine); the change log has PostgreSQL's wall-clock commit times.
     clock_offset = time.time() - time.monotonic()
@@ -187,7 +188,8 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
         "peak_rss_mib": rss,
         "errors": stream_errors([r for p in passes for r in p.received]),
         "rates": {
-            f"{p.rate:g}": _latencies(job, p, committed_at, clock_offset) for p in passes
+            f"{p.rate:g}": _latencies(job, p, committed_at, store_began, clock_offset)
+            for p in passes
         },
     }
 
@@ -525,11 +527,32 @@ def _source_commits(dsn: str, after: int) -> dict[int, float]:
     return {int(sequence): us / 1e6 for sequence, us in rows if us}
 
 
+def _store_transaction_starts(dsn: str, after: int) -> dict[int, float]:
+    """Change sequence → when (``time.time()`` seconds) the store transaction that logged it began.
+
+    The change log's ``committed_at`` is PostgreSQL's ``now()``, the transaction's start: so
+    source commit → this is how long a change waited for the engine (capture, transport, the
+    engine's queue), and the rest of commit → receive is applying, the feed and the fan-out.
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT sequence, extract(epoch FROM committed_at) FROM up_change_log"
+            " WHERE sequence > %s",
+            (after,),
+        ).fetchall()
+    return {int(sequence): float(at) for sequence, at in rows}
+
+
 def _latencies(
-    job: EndToEndJob, run: _Pass, committed_at: dict[int, float], clock_offset: float
+    job: EndToEndJob,
+    run: _Pass,
+    committed_at: dict[int, float],
+    store_began: dict[int, float],
+    clock_offset: float,
 ) -> dict[str, Any]:
     """Commit → receive of every delivery of a change whose source commit falls in the pass
-    (after its warm-up seconds); ``clock_offset`` turns a receive time into ``time.time()``."""
+    (after its warm-up seconds), and source commit → store transaction start of each such change;
+    ``clock_offset`` turns a receive time into ``time.time()``."""
     written = run.written
     counted_from = written.first_commit + job.warmup_s
     counted = {
@@ -559,6 +582,9 @@ def _latencies(
         "deliveries_expected": expected,
         # A delivery that never came counts as infinitely late.
         "commit_to_receive": asdict(summarize_seconds(latencies + [math.inf] * missing)),
+        "commit_to_store_transaction": asdict(summarize_seconds(
+            [store_began[s] - at for s, at in counted.items() if s in store_began]
+        )),
         "store_caught_up": run.caught_up,
         "catch_up_s": run.catch_up_s,
         "host_cpu_percent": run.host_cpu,

@@ -39,12 +39,19 @@ def test_a_missing_delivery_makes_the_tail_infinite_not_smaller() -> None:
     def run(*received: Received) -> _Pass:
         return _Pass(10.0, written, True, 0.0, None, list(received))
 
-    full = _latencies(_job(), run(complete, complete), committed_at, clock_offset=1000.0)
+    # The store transaction that logged each change began 2 ms after its source commit.
+    store_began = {n: at + 0.002 for n, at in committed_at.items()}
+    full = _latencies(_job(), run(complete, complete), committed_at, store_began,
+                      clock_offset=1000.0)
     assert full["changes"] == 10
     assert full["deliveries"] == full["deliveries_expected"] == 16
     assert math.isclose(full["commit_to_receive"]["p99_ms"], 5.0, abs_tol=1e-6)
+    # Counted once per change (not per delivery), over the counted changes only.
+    assert full["commit_to_store_transaction"]["count"] == 8
+    assert math.isclose(full["commit_to_store_transaction"]["p99_ms"], 2.0, abs_tol=1e-6)
 
-    missing = _latencies(_job(), run(complete, one_short), committed_at, clock_offset=1000.0)
+    missing = _latencies(_job(), run(complete, one_short), committed_at, store_began,
+                         clock_offset=1000.0)
     assert missing["deliveries"] == 15
     assert missing["commit_to_receive"]["p99_ms"] == math.inf
 
