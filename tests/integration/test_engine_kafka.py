@@ -7,8 +7,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from kafka.admin import KafkaAdminClient
 
 from unified_profile.cdc.config import read_config_file
+from unified_profile.cdc.kafka import partition_stream
 from unified_profile.server.capture import CaptureService
 from unified_profile.server.config import ServiceConfig, parse_service_config
 from unified_profile.server.ingest.service import open_store, run_kafka_engine
@@ -35,6 +37,15 @@ def demo_config(example: str, bootstrap: str, suffix: str) -> ServiceConfig:
         source["slot"] = source["publication"] = f"{source['name']}_{suffix}"
         source["status_interval_s"] = 0.5
     return parse_service_config(data, example)
+
+
+def _kafka_offsets(bootstrap: str, group: str) -> dict[str, int]:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        committed = admin.list_group_offsets(group)[group]
+    finally:
+        admin.close()
+    return {partition_stream(tp.topic, tp.partition): meta.offset for tp, meta in committed.items()}
 
 
 def _profiles(store) -> dict[str, dict[str, object]]:
@@ -120,6 +131,16 @@ def test_demo_people_become_the_right_profiles_and_live_changes_follow(
         assert upgrade.cause[0]["source"] == "loyalty"
         sequences = [c.sequence for c in store.read_changes_after(0, limit=10_000)]
         assert sequences == list(range(1, len(sequences) + 1))
+
+        # The group's offsets in Kafka follow the store's positions (monitoring and other tools
+        # read them there): each is the offset after the last event the store applied.
+        group = config.capture.transport.group_id
+
+        def offsets_follow_the_store() -> bool:
+            stored = {s: p + 1 for s, p in store.load_positions(group).items()}
+            return bool(stored) and _kafka_offsets(kafka_bootstrap, group) == stored
+
+        wait_for(offsets_follow_the_store, what="the group's offsets committed to Kafka")
     finally:
         capture.stop()
         stop_engine.set()
