@@ -72,7 +72,7 @@ class ReadConnection:
             await asyncio.shield(self._draining)
         if self._in_flight:
             raise RuntimeError("one statement at a time on a ReadConnection")
-        pgconn = self._pgconn or await self._connect()
+        pgconn = self._pgconn or await self._connected()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[list[pq.abc.PGresult]] = loop.create_future()
         try:
@@ -124,15 +124,40 @@ class ReadConnection:
         self._fail(exc)
         return conn
 
+    async def _connected(self) -> pq.abc.PGconn:
+        """Connect in a task of its own, which a cancelled caller cancels exactly once.
+
+        A ``PREPARE`` waits for any lock on the tables it names. Cancelled, psycopg asks the
+        server to cancel it; cancelled again meanwhile (the call's deadline, then gRPC's), it
+        gives up and drops the socket, and the backend would keep waiting for the lock.
+        """
+        task = asyncio.get_running_loop().create_task(self._connect())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.cancel()
+            task.add_done_callback(_retrieve)
+            raise
+
     async def _connect(self) -> pq.abc.PGconn:
         try:
             conn = await psycopg.AsyncConnection.connect(
                 self._dsn, autocommit=True, **self._connect_kwargs
             )
-            for name, sql in self._statements.items():
-                await conn.execute(f"PREPARE {name} AS {sql}".encode())
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to the store: {exc}") from exc
+        try:
+            for name, sql in self._statements.items():
+                await conn.execute(f"PREPARE {name} AS {sql}".encode())
+        except BaseException as exc:  # cancelled, or a PREPARE failed: keep nothing open
+            await conn.close()
+            if isinstance(exc, psycopg.Error):
+                raise StoreError(f"cannot connect to the store: {exc}") from exc
+            raise
+        if self._pgconn is not None:
+            # Connected by a later query while this connect, its caller gone, was finishing.
+            await conn.close()
+            return self._pgconn
         pgconn = conn.pgconn
         pgconn.nonblocking = 1
         self._conn, self._pgconn, self._fd = conn, pgconn, pgconn.socket

@@ -188,6 +188,41 @@ def test_a_read_cancelled_twice_leaves_no_statement_behind(store_dsn, people):
     assert [r.profile.profile_id for r in after if r is not None] == [people["bob"]] * 3
 
 
+def test_a_read_cancelled_while_its_connection_prepares_leaves_nothing_waiting(store_dsn, people):
+    # A new connection prepares its statements, and a PREPARE waits for a lock on the tables it
+    # names. The read is cancelled twice meanwhile, as gRPC does at a deadline.
+    async def scenario(locker, observer):
+        pool = ProfileReadPool(store_dsn, size=2)
+        try:
+            locker.execute("LOCK TABLE up_profiles IN ACCESS EXCLUSIVE MODE")
+            read = asyncio.ensure_future(pool.get_profile(people["bob"], 30.0))
+            deadline = time.monotonic() + 10
+            while not _lock_waiters(observer) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            preparing = _backends(observer, "query LIKE 'PREPARE%' AND wait_event_type = 'Lock'")
+            read.cancel()
+            await asyncio.sleep(0)
+            read.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await read
+            deadline = time.monotonic() + 5
+            while _lock_waiters(observer) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            waiting = _lock_waiters(observer)
+            locker.rollback()
+            after = await pool.get_profile(people["bob"], 5.0)
+            return preparing, waiting, after
+        finally:
+            await pool.close()
+
+    with psycopg.connect(store_dsn) as locker, \
+            psycopg.connect(store_dsn, autocommit=True) as observer:
+        preparing, waiting, after = asyncio.run(scenario(locker, observer))
+    assert preparing == 1          # the read was cancelled while its connection prepared
+    assert waiting == 0            # and its PREPARE was cancelled, not left waiting on the lock
+    assert after is not None and after.profile.profile_id == people["bob"]
+
+
 def test_closing_the_pool_fails_reads_in_flight_and_leaves_no_connection(store_dsn, people):
     async def scenario(locker, admin):
         pool = ProfileReadPool(store_dsn, size=2)
