@@ -69,7 +69,7 @@ def load_profiles(connection: Connection, profile_ids: list[str]) -> dict[str, S
     """Profile rows by id (aliases are not followed)."""
     if not profile_ids:
         return {}
-    rows = sql.run(connection, sql.LOAD_PROFILES, profile_ids).all()
+    rows = sql.run(connection, sql.LOAD_PROFILES, profile_ids)
     return {
         r.profile_id: StoredProfile(
             r.profile_id,

@@ -41,7 +41,7 @@ class StoreBatch:
 
     def __init__(self, connection: Connection) -> None:
         self._c = connection
-        self.head = int(sql.run(connection, sql.LOCK_HEAD).scalar_one())
+        self.head = int(sql.run(connection, sql.LOCK_HEAD)[0][0])
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -88,14 +88,14 @@ class StoreBatch:
         if not candidates:
             return set()
         ids = list(candidates)
-        return set(sql.run(self._c, sql.PROFILE_IDS_TAKEN, ids, ids).scalars().all())
+        return {row[0] for row in sql.run(self._c, sql.PROFILE_IDS_TAKEN, ids, ids)}
 
     def load_overrides(self, keys: Collection[RecordKey]) -> list[tuple[str, RecordKey, RecordKey]]:
         """Steward overrides that involve any of these records: ``(kind, a, b)``."""
         if not keys:
             return []
         texts = json_codec.dumps([key_text(k) for k in keys])
-        rows = sql.run(self._c, sql.LOAD_OVERRIDES, texts, texts).all()
+        rows = sql.run(self._c, sql.LOAD_OVERRIDES, texts, texts)
         return [(kind, parse_key_text(a), parse_key_text(b)) for kind, a, b in rows]
 
     # --- writes -------------------------------------------------------------------------------
