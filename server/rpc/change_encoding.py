@@ -21,7 +21,7 @@ from grpc import aio
 from unified_profile.v1 import profile_service_pb2
 
 MAX_MESSAGE_BYTES = 1 << 20
-"""A batch message is cut before it would exceed this (clients accept 4 MiB by default)."""
+"""Batch messages are cut before they exceed this (gRPC clients accept 4 MiB by default)."""
 
 _WIRE_TYPE_LEN = 2
 

@@ -172,7 +172,7 @@ async def serve(
         feed = ChangeFeed(store, config.store.dsn, subscribe_response)
         await feed.start()
         metrics.SUBSCRIBERS.set_function(lambda: feed.stats().subscriptions if feed else 0)
-        subscriptions = ProfileSubscriptions(feed, store)
+        subscriptions = ProfileSubscriptions(feed, store, config.grpc.max_message_bytes)
     running = await start_server(config.grpc, build_service(config, store, subscriptions))
     # What starting allocated (modules, protobuf descriptors, config, the store's engine) lives
     # as long as the process. Left to the cyclic collector, every full pass rescans it all:

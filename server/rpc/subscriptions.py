@@ -33,7 +33,7 @@ from ..feed import (
 )
 from ..store.profile_store import ProfileStore
 from .change_convert import EncodedChange, with_profile
-from .change_encoding import batch_messages, single_message
+from .change_encoding import MAX_MESSAGE_BYTES, batch_messages, single_message
 from .errors import InvalidArgument, is_expected, status_of
 
 Request: TypeAlias = profile_service_pb2.SubscribeProfileChangesRequest
@@ -48,6 +48,8 @@ DEFAULT_HEARTBEAT_S = 10
 
 MAX_CHANGES_PER_MESSAGE = 1_000
 """The most changes a request may ask for in one message."""
+
+_HEADER_ROOM = 16
 
 _Start = profile_service_pb2.SubscribeProfileChangesRequest.Start
 # ChangeKind number → the change log's kind (CHANGE_KIND_UPDATED → UPDATED).
@@ -133,11 +135,20 @@ class ProfileSubscriptions:
     Args:
         feed: The server's change feed, converting with ``change_convert.subscribe_response``.
         store: Where ``include_profile`` reads the current profile.
+        max_message_bytes: The server's largest message (``[grpc] max_message_bytes``): batched
+            messages stay under it (and under 1 MiB).
     """
 
-    def __init__(self, feed: ChangeFeed[EncodedChange], store: ProfileStore) -> None:
+    def __init__(
+        self,
+        feed: ChangeFeed[EncodedChange],
+        store: ProfileStore,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
         self._feed = feed
         self._store = store
+        # Room for the message's own tag and length.
+        self._batch_bytes = min(MAX_MESSAGE_BYTES, max_message_bytes) - _HEADER_ROOM
 
     async def subscribe(
         self, request: Request, context: Context
@@ -174,7 +185,7 @@ class ProfileSubscriptions:
                     # Encoded once by the feed, shared with every subscriber.
                     changes = [entry.payload.encoded for entry in item]
                 if plan.max_per_message:
-                    for message in batch_messages(changes):
+                    for message in batch_messages(changes, self._batch_bytes):
                         yield message
                 else:
                     yield single_message(changes[0])

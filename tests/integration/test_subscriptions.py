@@ -86,15 +86,20 @@ def store_dsn(new_database):
 
 
 @contextlib.asynccontextmanager
-async def serving(dsn: str, listen_dsn: str | None = None, **config: Any) -> AsyncIterator[Harness]:
+async def serving(dsn: str, listen_dsn: str | None = None, max_message_bytes: int = 4 << 20,
+                  **config: Any) -> AsyncIterator[Harness]:
     config.setdefault("poll_interval_s", 60.0)
     store = ProfileStore.connect(dsn)
     feed = ChangeFeed(store, listen_dsn or dsn, subscribe_response, ChangeFeedConfig(**config))
     await feed.start()
     # The service's own servicer, delegating to the subscriptions; no auth interceptor here, only
     # the one that sends the feed's encoded messages as they are.
-    service = ProfileService(store, TYPES, RULES, subscriptions=ProfileSubscriptions(feed, store))
-    server = grpc.aio.server(interceptors=[EncodedStreamsInterceptor()])
+    subscriptions = ProfileSubscriptions(feed, store, max_message_bytes)
+    service = ProfileService(store, TYPES, RULES, subscriptions=subscriptions)
+    server = grpc.aio.server(
+        interceptors=[EncodedStreamsInterceptor()],
+        options=[("grpc.max_send_message_length", max_message_bytes)],
+    )
     profile_service_pb2_grpc.add_ProfileServiceServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -447,6 +452,19 @@ def test_batched_messages_carry_each_change_once_in_order_from_the_log_and_live(
             assert set(one_each) == {1}
             for call in (batched, single):
                 call.cancel()
+    run(scenario)
+
+
+def test_batches_stay_under_the_servers_message_limit(store_dsn):
+    async def scenario():
+        async with serving(store_dsn, max_message_bytes=4096) as h:
+            await h.append(*[change(f"p{i}", pad="x" * 300) for i in range(60)])  # ~20 KB
+            call = h.subscribe(Start.START_EARLIEST, per_message=1_000)
+            sizes: list[int] = []
+            changes = await read_changes(call, 60, sizes=sizes)
+            assert [c.sequence for c in changes] == list(range(1, 61))
+            assert len(sizes) > 1 and max(sizes) > 1  # several full messages, none refused
+            call.cancel()
     run(scenario)
 
 

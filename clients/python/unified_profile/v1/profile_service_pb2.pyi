@@ -563,7 +563,7 @@ class SubscribeProfileChangesRequest(_message.Message):
     stream is ready to send, so batching adds no delay; it lets a subscriber keep up with
     thousands of changes per second, which one message per change costs too much to deliver.
     Changes stay in sequence order, within and across messages; a message is also cut short
-    before it would exceed 1 MiB.
+    before it would exceed 1 MiB or the server's message limit.
     """
     @_builtins.property
     def filter(self) -> Global___ChangeFilter: ...
