@@ -5,9 +5,9 @@ sequence it still retains. So the stream remembers the last sequence it *yielded
 it received: a change received but not yet handed to the caller must come again) and reconnects
 with ``START_AFTER_SEQUENCE`` of it, which gives each later change exactly once.
 
-The stream asks for up to :data:`._types.CHANGES_PER_MESSAGE` changes per message (the server sends only
-changes already waiting, so this adds no delay) and yields them one by one; a server that sends
-one change per message is followed just the same.
+The stream asks for up to :data:`._types.CHANGES_PER_MESSAGE` changes per message (the server
+sends only changes already waiting, so this adds no delay) and yields them one by one; a server
+that sends one change per message is followed just the same.
 """
 
 from __future__ import annotations
