@@ -127,6 +127,21 @@ class RawConnection:
             self._reader.join()
         self._sock.close()
 
+    def closed_by_server(self, within_s: float = 1.0) -> bool:
+        """Whether the server has closed this connection (reads what it sent, for ``within_s``).
+
+        For a ``"never"`` connection, at the end of a test: reading lets the server send again.
+        """
+        self._sock.settimeout(within_s)
+        try:
+            while self._sock.recv(1 << 16):
+                pass
+            return True
+        except TimeoutError:
+            return False
+        except OSError:
+            return True  # reset by the server
+
     def _send(self, data: bytes) -> None:
         with self._lock:
             self._sock.sendall(data)

@@ -149,7 +149,11 @@ def test_clients_that_never_read_hold_back_only_themselves(stack: ServedStack) -
         with stack.client() as client:
             first = stack.profile_ids()[0]
             assert client.get(first).profile_id == first
-        assert stack.subscribers() == 16
+        # The server may drop a connection whose client never reads at all (it never answers
+        # the server's PINGs or SETTINGS; seen on a loaded machine): that frees its streams, and
+        # is all that may end one. The held and ignored streams, whose clients answer, stay.
+        dropped = sum(3 for c in deaf if c.closed_by_server())
+        assert stack.subscribers() == 16 - dropped
     finally:
         for connection in held + deaf:
             connection.close()
