@@ -170,8 +170,7 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
                 "WHERE slot_name = %s AND NOT active",
                 (slot,),
             )
-    committed_at = _source_commits(job.dsn, head)
-    store_began = _store_transaction_starts(job.dsn, head)
+    committed_at, store_began = _change_times(job.dsn, head)
     # Subscribers time deliveries with time.monotonic() (one clock for every process on the
     # machine); the change log has PostgreSQL's wall-clock commit times.
     clock_offset = time.time() - time.monotonic()
@@ -499,7 +498,8 @@ def _wait_for_a_change_caused_by(
     while True:
         written = writer.write(rate=50.0, rows=_WARMUP_ROWS)
         for _ in range(50):
-            if any(at >= written.first_commit for at in _source_commits(job.dsn, after).values()):
+            source_commits, _ = _change_times(job.dsn, after)
+            if any(at >= written.first_commit for at in source_commits.values()):
                 return
             pipeline.check()
             if time.monotonic() > deadline:
@@ -512,35 +512,26 @@ def _one(row: tuple[Any, ...] | None) -> Any:
     return row[0]
 
 
-def _source_commits(dsn: str, after: int) -> dict[int, float]:
-    """Change sequence → when (``time.time()`` seconds) the source commit that caused it was.
+def _change_times(dsn: str, after: int) -> tuple[dict[int, float], dict[int, float]]:
+    """For each change after ``after``, in ``time.time()`` seconds: when the source commit that
+    caused it was, and when the store transaction that logged it began.
 
     A change caused by several records (a merge, a batch) counts from the latest of them: it
-    could not have been made before that commit.
+    could not have been made before that commit. The change log's ``committed_at`` is
+    PostgreSQL's ``now()``, the transaction's start: so source commit → it is how long a change
+    waited for the engine (capture, transport, the engine's queue), and the rest of commit →
+    receive is applying, the feed and the fan-out.
     """
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT sequence, (SELECT max((c ->> 'commit_time_us')::bigint)"
-            " FROM jsonb_array_elements(cause) AS c) FROM up_change_log WHERE sequence > %s",
+            " FROM jsonb_array_elements(cause) AS c), extract(epoch FROM committed_at)"
+            " FROM up_change_log WHERE sequence > %s",
             (after,),
         ).fetchall()
-    return {int(sequence): us / 1e6 for sequence, us in rows if us}
-
-
-def _store_transaction_starts(dsn: str, after: int) -> dict[int, float]:
-    """Change sequence → when (``time.time()`` seconds) the store transaction that logged it began.
-
-    The change log's ``committed_at`` is PostgreSQL's ``now()``, the transaction's start: so
-    source commit → this is how long a change waited for the engine (capture, transport, the
-    engine's queue), and the rest of commit → receive is applying, the feed and the fan-out.
-    """
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT sequence, extract(epoch FROM committed_at) FROM up_change_log"
-            " WHERE sequence > %s",
-            (after,),
-        ).fetchall()
-    return {int(sequence): float(at) for sequence, at in rows}
+    source = {int(sequence): us / 1e6 for sequence, us, _ in rows if us}
+    store = {int(sequence): float(began) for sequence, _, began in rows}
+    return source, store
 
 
 def _latencies(

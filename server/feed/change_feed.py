@@ -186,7 +186,7 @@ class ChangeFeed(Generic[T]):
     async def subscribe(
         self, start: StartAt, change_filter: ChangeFilter, heartbeat_s: float = 10.0
     ) -> Subscription[T]:
-        """Open a subscription; iterate it for changes and heartbeats, close it when done.
+        """Open a subscription; iterate its ``batches``; close it when done.
 
         Raises:
             CursorOutOfRange: ``start`` is after a sequence older than retention or past the head.

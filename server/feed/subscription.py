@@ -10,9 +10,8 @@ iteration) removes it from the feed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -56,8 +55,8 @@ class Heartbeat:
 
 
 class Subscription(Generic[T]):
-    """A subscription to the change feed; iterate it for :class:`FeedEntry` and :class:`Heartbeat`
-    (or :meth:`batches` of entries).
+    """A subscription to the change feed: iterate :meth:`batches` for lists of :class:`FeedEntry`
+    and :class:`Heartbeat`.
 
     Created by :meth:`ChangeFeed.subscribe`. Iteration raises :class:`FeedError` subclasses when the
     subscription cannot go on (retention overtook it, the store failed, the feed closed).
@@ -108,9 +107,6 @@ class Subscription(Generic[T]):
         self._live = False
         self._buffer.clear()
 
-    def __aiter__(self) -> AsyncIterator[FeedEntry[T] | Heartbeat]:
-        return self._one_by_one()
-
     def batches(self, max_entries: int) -> AsyncIterator[list[FeedEntry[T]] | Heartbeat]:
         """Iterate consecutive changes up to ``max_entries`` at a time, and heartbeats.
 
@@ -122,12 +118,7 @@ class Subscription(Generic[T]):
             raise ValueError(f"max_entries must be at least 1, not {max_entries}")
         return self._iterate(max_entries)
 
-    async def _one_by_one(self) -> AsyncIterator[FeedEntry[T] | Heartbeat]:
-        async with contextlib.aclosing(self._iterate(1)) as items:
-            async for item in items:
-                yield item if isinstance(item, Heartbeat) else item[0]
-
-    async def _iterate(self, most: int) -> AsyncGenerator[list[FeedEntry[T]] | Heartbeat, None]:
+    async def _iterate(self, most: int) -> AsyncIterator[list[FeedEntry[T]] | Heartbeat]:
         loop = asyncio.get_running_loop()
         last_sent = loop.time()
         try:

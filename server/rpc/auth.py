@@ -171,15 +171,20 @@ _KINDS = (
 )
 
 
-def rebuild_handler(handler: Any, wrap: Callable[[Any], Any]) -> Any:
-    """The same method handler with its behavior replaced by ``wrap(behavior)``."""
+def rebuild_handler(
+    handler: Any,
+    wrap: Callable[[Any], Any],
+    response_serializer: Callable[[Any], bytes] | None = None,
+) -> Any:
+    """The same method handler with its behavior replaced by ``wrap(behavior)`` (and its
+    response serializer by ``response_serializer``, when given)."""
     for kind, factory in _KINDS:
         behavior = getattr(handler, kind)
         if behavior is not None:
             return factory(
                 wrap(behavior),
                 request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                response_serializer=response_serializer or handler.response_serializer,
             )
     raise TypeError(f"a method handler without a behavior: {handler!r}")
 

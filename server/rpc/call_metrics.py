@@ -17,18 +17,16 @@ from grpc import aio
 
 from .. import metrics
 from .auth import rebuild_handler
+from .handler_cache import WrappedHandlers
 
 _OK = grpc.StatusCode.OK
-_MAX_CACHED = 10_000
 
 
 class CallMetricsInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
     """Times each call; wrapped handlers are built once per method."""
 
     def __init__(self) -> None:
-        # (method, id of the inner handler) → (that handler, kept alive so its id stays its own;
-        # the wrapped handler)
-        self._cache: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._handlers = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -39,13 +37,8 @@ class CallMetricsInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # gr
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        key = (handler_call_details.method, id(handler))
-        wrapped = self._cache.get(key)
-        if wrapped is None:
-            if len(self._cache) >= _MAX_CACHED:  # handlers are few and long-lived; stay bounded
-                self._cache.clear()
-            wrapped = self._cache[key] = (handler, _timed(handler, handler_call_details.method))
-        return wrapped[1]
+        method = handler_call_details.method
+        return self._handlers.get(method, handler, lambda inner: _timed(inner, method))
 
 
 def _timed(handler: Any, method: str) -> Any:

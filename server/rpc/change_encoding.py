@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
-import grpc
 from grpc import aio
 
 from unified_profile.v1 import profile_service_pb2
+
+from .auth import rebuild_handler
+from .handler_cache import WrappedHandlers
 
 MAX_MESSAGE_BYTES = 1 << 20
 """Batch messages are cut before they exceed this (gRPC clients accept 4 MiB by default)."""
@@ -92,7 +94,7 @@ def accepting_encoded(serializer: Callable[[Any], bytes]) -> Callable[[Any], byt
 
 
 class EncodedStreamsInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
-    """Lets the named response-streaming methods yield already encoded ``bytes`` messages.
+    """Lets the named methods yield already encoded ``bytes`` messages.
 
     Args:
         methods: Full method names; ``SubscribeProfileChanges`` by default.
@@ -100,9 +102,7 @@ class EncodedStreamsInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  #
 
     def __init__(self, methods: Sequence[str] = (SUBSCRIBE_METHOD,)) -> None:
         self._methods = frozenset(methods)
-        # id of the registered handler → (that handler, kept alive so its id stays its own; the
-        # handler with the pass-through serializer)
-        self._cache: dict[int, tuple[Any, Any]] = {}
+        self._handlers = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -111,19 +111,13 @@ class EncodedStreamsInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  #
     ) -> Any:
         """Return the method's handler, with a pass-through serializer for the named methods."""
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method not in self._methods:
+        method = handler_call_details.method
+        if handler is None or method not in self._methods:
             return handler
-        cached = self._cache.get(id(handler))
-        if cached is None:
-            cached = self._cache[id(handler)] = (handler, _passing_bytes(handler))
-        return cached[1]
+        return self._handlers.get(method, handler, _passing_bytes)
 
 
 def _passing_bytes(handler: Any) -> Any:
-    if handler.unary_stream is None:
-        raise TypeError(f"not a response-streaming handler: {handler!r}")
-    return grpc.unary_stream_rpc_method_handler(
-        handler.unary_stream,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=accepting_encoded(handler.response_serializer),
+    return rebuild_handler(
+        handler, lambda behavior: behavior, accepting_encoded(handler.response_serializer)
     )

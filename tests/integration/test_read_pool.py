@@ -156,6 +156,20 @@ def _backends(conn, condition: str) -> int:
     return int(count)
 
 
+async def _cancel_twice(read: asyncio.Future, observer) -> int:
+    """Cancel a read twice, as gRPC may at a deadline; then the statements still waiting on a
+    lock, once those the read started had up to 5 s to be cancelled in PostgreSQL."""
+    read.cancel()
+    await asyncio.sleep(0)
+    read.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await read
+    deadline = time.monotonic() + 5
+    while _lock_waiters(observer) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return _lock_waiters(observer)
+
+
 def test_a_read_cancelled_twice_leaves_no_statement_behind(store_dsn, people):
     # What gRPC does at a deadline: the handler's task is cancelled, and may be again while the
     # read is stopping. The read runs in that task (it found a connection free).
@@ -166,15 +180,7 @@ def test_a_read_cancelled_twice_leaves_no_statement_behind(store_dsn, people):
             locker.execute("LOCK TABLE up_profiles IN ACCESS EXCLUSIVE MODE")
             read = asyncio.ensure_future(pool.get_profile(people["bob"], 30.0))
             await asyncio.sleep(0.3)
-            read.cancel()
-            await asyncio.sleep(0)
-            read.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await read
-            deadline = time.monotonic() + 5
-            while _lock_waiters(observer) and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            waiting = _lock_waiters(observer)
+            waiting = await _cancel_twice(read, observer)
             locker.rollback()
             after = await asyncio.gather(*(pool.get_profile(people["bob"], 5.0) for _ in range(3)))
             return waiting, after
@@ -200,15 +206,7 @@ def test_a_read_cancelled_while_its_connection_prepares_leaves_nothing_waiting(s
             while not _lock_waiters(observer) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             preparing = _backends(observer, "query LIKE 'PREPARE%' AND wait_event_type = 'Lock'")
-            read.cancel()
-            await asyncio.sleep(0)
-            read.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await read
-            deadline = time.monotonic() + 5
-            while _lock_waiters(observer) and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            waiting = _lock_waiters(observer)
+            waiting = await _cancel_twice(read, observer)
             locker.rollback()
             after = await pool.get_profile(people["bob"], 5.0)
             return preparing, waiting, after

@@ -525,14 +525,14 @@ def test_earliest_after_retention_is_in_range_even_when_it_goes_live_before_the_
                 conn.execute("DELETE FROM up_change_log WHERE sequence <= 5")
             assert h.feed.head == 0
             subscription = await h.feed.subscribe(StartAt.earliest(), ChangeFilter())
-            entries = subscription.__aiter__()
+            entries = subscription.batches(1)
             first = asyncio.ensure_future(anext(entries))
             async with asyncio.timeout(10):
                 while not subscription.live:
                     await asyncio.sleep(0)
             h.feed._wake.set()  # what the notification of the ten commits would have done
-            received = [(await first).sequence]
-            received += [(await anext(entries)).sequence for _ in range(4)]
+            received = [(await first)[0].sequence]
+            received += [(await anext(entries))[0].sequence for _ in range(4)]
             assert received == [6, 7, 8, 9, 10]
             assert h.feed.head == 10
             subscription.close()
@@ -547,8 +547,8 @@ def test_retention_overtaking_a_catching_up_subscriber_ends_it_out_of_range(stor
                 while h.feed.head < 20:  # published: the subscriber has to read the log
                     await asyncio.sleep(0.01)
             subscription = await h.feed.subscribe(StartAt.earliest(), ChangeFilter())
-            entries = subscription.__aiter__()
-            assert [(await anext(entries)).sequence for _ in range(5)] == [1, 2, 3, 4, 5]
+            entries = subscription.batches(5)
+            assert [e.sequence for e in await anext(entries)] == [1, 2, 3, 4, 5]
             with psycopg.connect(store_dsn, autocommit=True) as conn:
                 conn.execute("DELETE FROM up_change_log WHERE sequence <= 10")
             with pytest.raises(CursorOutOfRange, match="oldest retained change is 11"):
