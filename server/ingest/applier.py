@@ -76,14 +76,20 @@ class ProfileApplier:
         if not changed:
             return []
         same_links, relinking = _split_by_links(changed, stored)
+        joining = self._joining_one_profile(batch, relinking, stored)
         known: dict[RecordKey, StoredRecord] = {}
         clusters: list[frozenset[RecordKey]] = []
         conflicts: tuple[IdentityConflict, ...] = ()
         if relinking:
             known = self._gather_component(batch, relinking, stored)
-            # A record whose links did not change still joins a recomputation that reached it.
+            # A record whose links did not change, or that only joins a profile, still joins a
+            # recomputation that reached it (or its profile: the whole profile was gathered).
+            reached = {found.profile_id for found in known.values()}
             for key in [k for k in same_links if k in known]:
                 relinking[key] = same_links.pop(key)
+            for key in [k for k, profile_id in joining.items() if profile_id in reached]:
+                relinking[key] = changed[key]
+                del joining[key]
             images = {key: known[key].record for key in known}
             images.update({key: item.record for key, item in relinking.items()})
             overrides = [
@@ -93,24 +99,68 @@ class ProfileApplier:
             resolution = resolve_identities(images.values(), self._types, overrides)
             clusters.extend(resolution.clusters)
             conflicts = resolution.conflicts
-        if same_links:
-            members = self._members_of_profiles(batch, same_links, stored)
+        if same_links or joining:
+            profiles = {stored[key].profile_id for key in same_links} | set(joining.values())
+            members = self._members_of_profiles(batch, profiles, stored)
             known.update(members)
-            clusters.extend(_stored_clusters(members))
+            clusters.extend(_stored_clusters(members, joining))
         images = {key: known[key].record for key in known}
         images.update({key: item.record for key, item in changed.items()})
         resolution = IdentityResolution(tuple(sorted(clusters, key=_first_key)), (), conflicts)
         plan = _Plan(batch, self._rules, changed, known, images, resolution)
         return plan.execute(links_unchanged=same_links.keys())
 
+    def _joining_one_profile(
+        self,
+        batch: StoreBatch,
+        relinking: dict[RecordKey, IncomingRecord],
+        stored: Mapping[RecordKey, StoredRecord],
+    ) -> dict[RecordKey, str]:
+        """New records that can only join one existing profile; taken out of ``relinking``.
+
+        The commonest new record is an activity row (a points-ledger entry, a redemption, a
+        service case) carrying one identifier its person's profile already holds. Gathering and
+        resolving that person's whole identity graph again would change nothing: a record whose
+        only identifier value is held by live records that are all in one profile joins that
+        profile, and adds no value that could break a limit or change any other join (see
+        :mod:`..engine.identity`: had the holders' join on that value been refused, limits and
+        never-links would have kept them apart for good). Records with a steward override take
+        the full path, as does everything when another record in the batch reaches the profile.
+
+        Returns:
+            Record key → the profile it joins.
+        """
+        candidates = {
+            key: next(iter(item.record.identifiers))
+            for key, item in relinking.items()
+            if len(item.record.identifiers) == 1
+            and not item.force
+            and not item.record.deleted
+            and (key not in stored or stored[key].record.deleted)
+        }
+        if not candidates:
+            return {}
+        holders = batch.sole_profiles_holding(set(candidates.values()))
+        joining = {
+            key: holders[identifier]
+            for key, identifier in candidates.items()
+            if identifier in holders
+        }
+        if joining:
+            for _, a, b in batch.load_overrides(joining.keys()):
+                joining.pop(a, None)
+                joining.pop(b, None)
+        for key in joining:
+            del relinking[key]
+        return joining
+
     def _members_of_profiles(
         self,
         batch: StoreBatch,
-        same_links: Mapping[RecordKey, IncomingRecord],
+        profiles: Collection[str | None],
         stored: Mapping[RecordKey, StoredRecord],
     ) -> dict[RecordKey, StoredRecord]:
-        """Every record of the profiles these records are in, as stored."""
-        profiles = {stored[key].profile_id for key in same_links}
+        """Every record of these profiles, as stored."""
         keys = batch.records_of_profiles([p for p in profiles if p is not None])
         members = {key: stored[key] for key in keys if key in stored}
         members.update(batch.load_records(keys - members.keys()))
@@ -369,12 +419,16 @@ def _split_by_links(
     return same, relinking
 
 
-def _stored_clusters(members: Mapping[RecordKey, StoredRecord]) -> list[frozenset[RecordKey]]:
-    """The stored profiles' memberships, as clusters."""
+def _stored_clusters(
+    members: Mapping[RecordKey, StoredRecord], joining: Mapping[RecordKey, str]
+) -> list[frozenset[RecordKey]]:
+    """The stored profiles' memberships, as clusters, with the new records joining them."""
     by_profile: dict[str, set[RecordKey]] = {}
     for key, found in members.items():
         if found.profile_id is not None and not found.record.deleted:
             by_profile.setdefault(found.profile_id, set()).add(key)
+    for key, profile_id in joining.items():
+        by_profile[profile_id].add(key)
     return [frozenset(keys) for keys in by_profile.values()]
 
 

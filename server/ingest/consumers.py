@@ -109,11 +109,14 @@ class EmbeddedIngest:
                 except EnvelopeError:
                     continue  # transaction markers: nothing to apply
                 batch.append(StreamEvent(self._stream, event.lsn, event.topic, decoded=decoded))
-            result = self._apply_until_committed(batch, stop)
-            # Only now may the connector confirm these LSNs to PostgreSQL.
+            if batch:
+                result = self._apply_until_committed(batch, stop)
+                self.applied_events += result.events
+                progress.record(result)
+            # Only now may the connector confirm these LSNs to PostgreSQL. Heartbeats and
+            # transaction markers alone store nothing, so they need no store transaction, which
+            # would wait for the change-log head behind another source's batch.
             self._sink.acknowledge(sequence)
-            self.applied_events += result.events
-            progress.record(result)
 
 
     def _apply_until_committed(

@@ -45,6 +45,18 @@ JOIN jsonb_to_recordset(%s::jsonb) AS i(type text, value text)
   ON r.type = i.type AND r.value = i.value
 """
 
+# Per identifier value: how many distinct profiles its live holders are in, and one of them.
+PROFILES_HOLDING = """
+SELECT i.type, i.value, count(DISTINCT r.profile_id) AS profiles, min(r.profile_id) AS profile_id,
+       bool_or(r.profile_id IS NULL) AS unassigned
+FROM up_record_identifiers i
+JOIN jsonb_to_recordset(%s::jsonb) AS v(type text, value text)
+  ON i.type = v.type AND i.value = v.value
+JOIN up_source_records r
+  ON r.source = i.source AND r.table_name = i.table_name AND r.record_key = i.record_key
+GROUP BY i.type, i.value
+"""
+
 UPSERT_RECORDS = """
 INSERT INTO up_source_records
     (source, table_name, record_key, profile_id, fields, identifiers, version, commit_time_us,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection
 
 from ..engine.records import Identifier, RecordKey, SourceRecord
@@ -102,9 +103,25 @@ def stored_record(row: Any) -> StoredRecord:
     return StoredRecord(record, row.profile_id)
 
 
+# json.dumps with options builds a new encoder per call.
+_KEY_TEXT = json.JSONEncoder(separators=(",", ":"))
+
+
 def key_text(key: RecordKey) -> str:
-    """A record key as steward overrides store it (a JSON array)."""
-    return json.dumps([key.source, key.table, key.key], separators=(",", ":"))
+    """A record key as steward overrides store it (a JSON array, ``ensure_ascii`` escaping).
+
+    Every applying transaction looks up the overrides of every record it touches, so the common
+    case is written by orjson, which escapes plain ASCII text exactly as the standard library
+    does except DEL; other text takes the standard library's path, so stored keys still match.
+    """
+    parts = [key.source, key.table, key.key]
+    try:
+        text = orjson.dumps(parts).decode()
+    except orjson.JSONEncodeError:  # a lone surrogate: the standard library escapes it
+        return _KEY_TEXT.encode(parts)
+    if text.isascii() and "\x7f" not in text:
+        return text
+    return _KEY_TEXT.encode(parts)
 
 
 def parse_key_text(text: str) -> RecordKey:

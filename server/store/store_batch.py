@@ -59,6 +59,21 @@ class StoreBatch:
         document = sql.rows({"type": i.type, "value": i.value} for i in identifiers)
         return {RecordKey(*row) for row in sql.run(self._c, sql.RECORDS_SHARING, document)}
 
+    def sole_profiles_holding(self, identifiers: Collection[Identifier]) -> dict[Identifier, str]:
+        """For each identifier whose live holders are all in one profile: that profile.
+
+        Identifiers nobody holds, or held in several profiles (or by a record in none), are
+        absent.
+        """
+        if not identifiers:
+            return {}
+        document = sql.rows({"type": i.type, "value": i.value} for i in identifiers)
+        return {
+            Identifier(row.type, row.value): row.profile_id
+            for row in sql.run(self._c, sql.PROFILES_HOLDING, document)
+            if row.profiles == 1 and not row.unassigned
+        }
+
     def records_of_profiles(self, profile_ids: Collection[str]) -> set[RecordKey]:
         """Records currently linked to these profiles."""
         if not profile_ids:

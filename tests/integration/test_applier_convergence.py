@@ -103,6 +103,10 @@ def loyalty_key(n: int) -> RecordKey:
     return RecordKey.of("loyalty", "public.members", {"member_id": f"M{n}"})
 
 
+def activity_key(n: int) -> RecordKey:
+    return RecordKey.of("loyalty", "public.points_ledger", {"entry_id": n})
+
+
 def image(
     key: RecordKey,
     position: int,
@@ -166,14 +170,32 @@ def loyalty_image(draw: st.DrawFn, key: RecordKey, position: int) -> SourceRecor
 
 
 @st.composite
+def activity_image(draw: st.DrawFn, key: RecordKey, position: int) -> SourceRecord:
+    """An activity row (a points-ledger entry): one identifier, the member's or a CRM id."""
+    if draw(st.integers(0, 6)) == 0:
+        return image(key, position, deleted=True)
+    identifier = draw(
+        st.tuples(st.just("loyalty_id"), st.sampled_from(LOYALTY_IDS))
+        | st.tuples(st.just("crm_id"), st.sampled_from(CRM_IDS))
+    )
+    return image(key, position, [identifier], {"loyalty.last_activity_at": position})
+
+
+_IMAGES = {
+    "public.customers": crm_image,
+    "public.members": loyalty_image,
+    "public.points_ledger": activity_image,
+}
+
+
+@st.composite
 def history(draw: st.DrawFn, key: RecordKey) -> tuple[SourceRecord, ...]:
     """1 to 4 images of one record at increasing positions."""
     position = draw(st.integers(1, 30))
     images = []
     for _ in range(draw(st.integers(1, 4))):
         position += draw(st.integers(1, 10))
-        draw_image = crm_image if key.source == "crm" else loyalty_image
-        images.append(draw(draw_image(key, position)))
+        images.append(draw(_IMAGES[key.table](key, position)))
     return tuple(images)
 
 
@@ -241,8 +263,10 @@ class Scenario:
 def scenarios(draw: st.DrawFn) -> Scenario:
     n_crm = draw(st.integers(3, 8))
     n_loyalty = draw(st.integers(3, 8))
+    n_activity = draw(st.integers(0, 6))
     keys = [crm_key(n) for n in range(1, n_crm + 1)]
     keys += [loyalty_key(n) for n in range(1, n_loyalty + 1)]
+    keys += [activity_key(n) for n in range(1, n_activity + 1)]
     histories = tuple(draw(history(key)) for key in keys)
     slots = [i for i, h in enumerate(histories) for _ in h]
     order = tuple(draw(st.permutations(slots)))
@@ -512,3 +536,37 @@ def test_a_redelivery_next_to_an_unrelated_change_keeps_its_profile_whole(store)
     assert after.fields == before.fields  # actual: person.given_name "Anne" (crm/1) is gone
     assert appended == 1  # only crm/2's CREATED; actual: also an UPDATED of the profile
     assert [c.kind for c in store.read_changes_after(head)] == ["CREATED"]
+
+
+def test_an_activity_row_of_an_identifier_two_profiles_hold_joins_neither(store):
+    # Two members share loyalty id L1 but carry different CRM ids (at most one per profile):
+    # L1 links neither, so each is a profile of its own. A ledger entry of L1 arriving later
+    # cannot tell whose it is: like a from-scratch resolution, it stays apart.
+    m1 = image(loyalty_key(1), 10, [("loyalty_id", "L1"), ("crm_id", "1")], {"loyalty.tier": "gold"})
+    m2 = image(loyalty_key(2), 11, [("loyalty_id", "L1"), ("crm_id", "2")], {"loyalty.tier": "silver"})
+    entry = image(activity_key(1), 12, [("loyalty_id", "L1")], {"loyalty.last_activity_at": 12})
+    observed = apply_and_compare(store, [[m1, m2], [entry]])
+    assert frozenset({entry.key}) in observed.profiles
+
+
+def test_an_activity_row_joins_its_members_profile_next_to_a_relinking_change(store):
+    # The entry's member M1 is relinked in the same batch (its CRM link changes), which moves it
+    # to customer 2's profile: the entry follows its member, as a from-scratch resolution says.
+    crm1 = image(crm_key(1), 10, [("crm_id", "1")], {"person.given_name": "Anne"})
+    crm2 = image(crm_key(2), 11, [("crm_id", "2")], {"person.given_name": "Bob"})
+    m1 = image(loyalty_key(1), 12, [("loyalty_id", "L1"), ("crm_id", "1")], {"loyalty.tier": "gold"})
+    m1_moved = image(
+        loyalty_key(1), 20, [("loyalty_id", "L1"), ("crm_id", "2")], {"loyalty.tier": "gold"}
+    )
+    entry = image(activity_key(1), 21, [("loyalty_id", "L1")], {"loyalty.last_activity_at": 21})
+    observed = apply_and_compare(store, [[crm1, crm2, m1], [m1_moved, entry]])
+    assert frozenset({crm2.key, m1.key, entry.key}) in observed.profiles
+
+
+def apply_and_compare(store: ProfileStore, batches: list[list[SourceRecord]]) -> Observed:
+    """Apply ``batches`` to an empty store; it must equal the pure recompute (properties 2 to 4)."""
+    reset(store)
+    apply_all(store, batches)
+    observed = observe(store)
+    assert_same(observed, recompute([r for b in batches for r in b]), "store vs pure recompute")
+    return observed

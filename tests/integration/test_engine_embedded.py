@@ -13,7 +13,8 @@ import psycopg
 import pytest
 
 from unified_profile.cdc.config import read_config_file
-from unified_profile.cdc.connector import Connector
+from unified_profile.cdc.connector import Connector, heartbeat_topic
+from unified_profile.cdc.envelope import ChangeEvent
 from unified_profile.cdc.sink import InMemorySink
 from unified_profile.server.config import parse_service_config
 from unified_profile.server.engine.records import Identifier
@@ -93,6 +94,45 @@ def test_acme_crm_through_the_embedded_transport(new_database, unique_name, monk
             "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots "
             "WHERE slot_name = %s", (slot,)).fetchone()
     assert confirmed >= store_position_floor(store_dsn)
+
+
+def test_heartbeats_are_acknowledged_without_waiting_for_the_store(
+    new_database, monkeypatch
+):
+    """An idle source's heartbeats let its slot advance even while another batch holds the store.
+
+    They store nothing, so acknowledging them must not wait for the change-log head, which an
+    applying transaction (another source's, another engine's) holds until it commits.
+    """
+    store_dsn = new_database("acme_store")
+    monkeypatch.setenv("UP_STORE_DSN", store_dsn)
+    monkeypatch.setenv("UP_ACME_DSN", store_dsn)
+    config = parse_service_config(read_config_file(ACME / "unified-profile.toml"), "acme")
+    migrate.upgrade(store_dsn)
+    store = open_store(config)
+    source = config.capture.sources[0]
+    sink = InMemorySink()
+    ingest = EmbeddedIngest(sink, build_pipeline(config, store, "embedded"), source.name)
+    stop = threading.Event()
+    thread = threading.Thread(target=ingest.run, args=(stop,))
+    with psycopg.connect(store_dsn) as holder:
+        holder.execute("SELECT sequence FROM up_change_log_head WHERE id = 1 FOR UPDATE")
+        thread.start()
+        try:
+            heartbeat = ChangeEvent(
+                topic=heartbeat_topic(source.name), key={"serverName": source.name},
+                value={"ts_ms": 1}, lsn=1234,
+            )
+            published = sink.publish([heartbeat])
+            wait_for(
+                lambda: sink.acknowledged() >= published, what="the heartbeat acknowledged",
+                timeout=15,
+            )
+        finally:
+            holder.rollback()
+            stop.set()
+            thread.join(60)
+            store.close()
 
 
 def store_position_floor(store_dsn: str) -> int:
