@@ -26,7 +26,6 @@ import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
-import os
 import resource
 import threading
 import time
@@ -34,8 +33,6 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-import psycopg
 
 from unified_profile.cdc.config import KafkaConfig
 from unified_profile.cdc.connector import table_topic
@@ -48,7 +45,13 @@ from unified_profile.server.ingest.pipeline import BatchResult, IngestPipeline, 
 from unified_profile.server.ingest.service import build_pipeline, open_store
 
 from . import apply_data
-from .timing import host_cpu_shares, host_cpu_times, peak_rss_mib
+from .timing import (
+    backend_cpu,
+    backend_cpu_between,
+    host_cpu_shares,
+    host_cpu_times,
+    peak_rss_mib,
+)
 
 _CONTEXT = multiprocessing.get_context("spawn")
 
@@ -384,47 +387,19 @@ class _Window:
     def open(cls, dsn: str, collect: bool = True) -> _Window:
         if collect:
             gc.collect()
-        backends = _backend_cpu(dsn)
+        backends = backend_cpu(dsn)
         return cls(dsn, _cpu_seconds(), backends, host_cpu_times(), _rss_mib(), _reset_peak_rss())
 
     def close(self, result: EngineResult) -> None:
         result.cpu_s = _cpu_seconds() - self.cpu_s
-        after = _backend_cpu(self.dsn)
+        after = backend_cpu(self.dsn)
         result.backends_open, result.backends_close = self.backends, after
-        if self.backends is not None and after is not None:
-            result.postgres_cpu_s = sum(
-                cpu - self.backends.get(pid, 0.0) for pid, cpu in after.items()
-            )
+        result.postgres_cpu_s = backend_cpu_between(self.backends, after)
         result.host_cpu_percent = host_cpu_shares(self.host, host_cpu_times())
         result.rss_start_mib = self.rss_mib
         result.rss_end_mib = _rss_mib()
         result.peak_rss_mib = peak_rss_mib()
         result.peak_reset = self.peak_reset
-
-
-def _backend_cpu(dsn: str) -> dict[int, float] | None:
-    """CPU seconds of every other client backend of the store's database (the engine's pool).
-
-    ``None`` when a backend's ``/proc`` entry cannot be read (the server runs elsewhere).
-    """
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        pids = [
-            int(pid)
-            for (pid,) in conn.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
-            )
-        ]
-    out: dict[int, float] = {}
-    ticks = os.sysconf("SC_CLK_TCK")
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        out[pid] = (int(fields[11]) + int(fields[12])) / ticks
-    return out
 
 
 def _cpu_seconds() -> float:

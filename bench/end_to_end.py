@@ -166,7 +166,9 @@ def notes(measured: dict[str, Any], sizes: EndToEndSizes) -> list[str]:
                 f"transactions at {m['achieved_rate'] or 0:,.0f}/s, {m['changes']:,} profile "
                 f"changes, {m['deliveries']:,} of {m['deliveries_expected']:,} deliveries, "
                 f"source commit → store transaction start p50 {_ms(waited.get('p50_ms'))} / "
-                f"p99 {_ms(waited.get('p99_ms'))}, {caught}; host "
+                f"p99 {_ms(waited.get('p99_ms'))}, {caught}; CPU per row change: pipeline "
+                f"{_us(m.get('pipeline_cpu_us_per_row'))}, store PostgreSQL "
+                f"{_us(m.get('store_cpu_us_per_row'))}; host "
                 f"{shares.get('idle', 0):.0f}% idle, {shares.get('steal', 0):.0f}% stolen"
             )
         out.append(
@@ -179,6 +181,10 @@ def notes(measured: dict[str, Any], sizes: EndToEndSizes) -> list[str]:
 
 def _ms(milliseconds: float | None) -> str:
     return "—" if milliseconds is None else f"{milliseconds:,.0f} ms"
+
+
+def _us(microseconds: float | None) -> str:
+    return "—" if microseconds is None else f"{microseconds:,.0f} µs"
 
 
 __all__ = ["EndToEndSizes", "figures", "notes", "run"]

@@ -39,7 +39,15 @@ from psycopg import sql
 from . import apply_data
 from .serving_proc import ServerGroup
 from .serving_subs import Received, SubscribeJob, SubscriberGroup, stream_errors
-from .timing import host_cpu_shares, host_cpu_times, process_memory_mib, summarize_seconds
+from .timing import (
+    backend_cpu,
+    backend_cpu_between,
+    host_cpu_shares,
+    host_cpu_times,
+    process_cpu_s,
+    process_memory_mib,
+    summarize_seconds,
+)
 from .traffic_writer import TrafficWriter, WrittenPass
 
 Transport = Literal["embedded", "kafka"]
@@ -106,6 +114,9 @@ class _Pass:
     catch_up_s: float
     host_cpu: dict[str, float] | None
     received: list[Received]
+    # CPU seconds from the writer's start until the store caught up (``None``: unreadable).
+    pipeline_cpu_s: float | None = None
+    store_cpu_s: float | None = None
 
 
 def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
@@ -143,17 +154,28 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
                 group = SubscriberGroup(jobs)
                 group.start()
                 cpu_before = host_cpu_times()
+                pipeline_before, store_before = pipeline.cpu_s(), backend_cpu(job.dsn)
                 written = writer.write(rate, job.rows(rate))
                 done = time.monotonic()
                 caught_up = _wait_until_caught_up(
                     job, pipeline, timeout=job.catch_up_s, required=False
                 )
                 catch_up_s = max(0.0, time.monotonic() - done - _SETTLE_S)
+                pipeline_after, store_after = pipeline.cpu_s(), backend_cpu(job.dsn)
                 time.sleep(job.drain_s)
                 host_cpu = host_cpu_shares(cpu_before, host_cpu_times())
                 if rate == job.rates[-1]:
                     rss = {"server": _peak(servers.pids), **pipeline.peak_rss()}
-                passes.append(_Pass(rate, written, caught_up, catch_up_s, host_cpu, group.stop()))
+                passes.append(
+                    _Pass(
+                        rate, written, caught_up, catch_up_s, host_cpu, group.stop(),
+                        pipeline_cpu_s=(
+                            None if pipeline_before is None or pipeline_after is None
+                            else pipeline_after - pipeline_before
+                        ),
+                        store_cpu_s=backend_cpu_between(store_before, store_after),
+                    )
+                )
             measured = time.monotonic()
         finally:
             writer.close()
@@ -253,6 +275,11 @@ class _Pipeline:
 
     def peak_rss(self) -> dict[str, float | None]:
         return {role: process_memory_mib(int(c.pid)) for role, c, _ in self._children}
+
+    def cpu_s(self) -> float | None:
+        """CPU seconds the pipeline's processes have used (``None``: one is unreadable)."""
+        used = [process_cpu_s(int(c.pid)) for _, c, _ in self._children]
+        return None if None in used else sum(u for u in used if u is not None)
 
     def stop(self) -> str:
         """Stop every process; return what failed (empty: nothing)."""
@@ -579,7 +606,14 @@ def _latencies(
         "store_caught_up": run.caught_up,
         "catch_up_s": run.catch_up_s,
         "host_cpu_percent": run.host_cpu,
+        # From the writer's start until the store caught up, per source row change written.
+        "pipeline_cpu_us_per_row": _per_row_us(run.pipeline_cpu_s, written.rows),
+        "store_cpu_us_per_row": _per_row_us(run.store_cpu_s, written.rows),
     }
+
+
+def _per_row_us(cpu_s: float | None, rows: int) -> float | None:
+    return None if cpu_s is None or not rows else cpu_s / rows * 1e6
 
 
 __all__ = [

@@ -1,9 +1,10 @@
-"""Small numeric helpers: percentiles and reading an acknowledgement timeline."""
+"""Small numeric helpers: percentiles, reading an acknowledgement timeline, CPU and memory."""
 
 from __future__ import annotations
 
 import bisect
 import math
+import os
 import resource
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,3 +127,46 @@ def host_cpu_shares(
     if total <= 0:
         return None
     return {name: round(100 * d / total, 1) for name, d in zip(_CPU_FIELDS, deltas, strict=True)}
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds a process has used (``None``: unreadable, e.g. it has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def backend_cpu(dsn: str) -> dict[int, float] | None:
+    """CPU seconds of every other client backend of ``dsn``'s database, by backend pid.
+
+    ``None`` when a backend's ``/proc`` entry cannot be read (the server runs elsewhere).
+    """
+    import psycopg  # here: every process the bench spawns imports this module
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pids = [
+            int(pid)
+            for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+        ]
+    out: dict[int, float] = {}
+    for pid in pids:
+        cpu = process_cpu_s(pid)
+        if cpu is None:
+            return None
+        out[pid] = cpu
+    return out
+
+
+def backend_cpu_between(
+    before: dict[int, float] | None, after: dict[int, float] | None
+) -> float | None:
+    """CPU the backends used between two :func:`backend_cpu` readings (new backends: all of it)."""
+    if before is None or after is None:
+        return None
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())

@@ -10,6 +10,7 @@ from bench.apply_data import SourceNames
 from bench.apply_proc import EngineResult, joined
 from bench.serving_e2e import EndToEndJob, _latencies, _Pass
 from bench.serving_subs import Received
+from bench.timing import backend_cpu_between
 from bench.traffic_writer import WrittenPass
 
 
@@ -122,3 +123,27 @@ def test_a_worker_that_applied_nothing_does_not_hold_the_window_shut() -> None:
     idle = EngineResult()
     both = joined([a, idle])
     assert (both.events, both.seconds, both.workers) == (100, 1.0, 1)
+
+
+def test_backend_cpu_counts_backends_that_began_inside_the_window_whole() -> None:
+    before = {1: 5.0, 2: 7.0}
+    after = {1: 6.5, 2: 7.0, 3: 0.25}  # backend 3 connected during the window
+    assert backend_cpu_between(before, after) == 1.75
+    assert backend_cpu_between(None, after) is None  # unreadable: no figure, not zero
+
+
+def test_end_to_end_notes_give_cpu_per_row_change_where_it_was_read() -> None:
+    latency = {"p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0}
+    rate = {
+        "rows": 1_000, "transactions": 550, "achieved_rate": 999.0, "changes": 480,
+        "deliveries": 10, "deliveries_expected": 10, "commit_to_receive": latency,
+        "commit_to_store_transaction": latency, "store_caught_up": True, "catch_up_s": 0.5,
+        "host_cpu_percent": None, "pipeline_cpu_us_per_row": 612.4, "store_cpu_us_per_row": None,
+    }
+    measured = {
+        "embedded": {
+            "rates": {"1000": rate}, "snapshot_s": 30.0, "ready_s": 31.0, "errors": {},
+        }
+    }
+    (_, line) = end_to_end.notes(measured, end_to_end.EndToEndSizes.for_mode(quick=True))
+    assert "CPU per row change: pipeline 612 µs, store PostgreSQL —" in line
