@@ -10,7 +10,7 @@ feed (:mod:`unified_profile.server.feed`); this module only translates between i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -32,6 +32,7 @@ from ..feed import (
     StartAt,
 )
 from ..store.profile_store import ProfileStore
+from ..store.rows import StoredProfile
 from .change_convert import EncodedChange, with_profile
 from .change_encoding import MAX_MESSAGE_BYTES, batch_messages, single_message
 from .errors import InvalidArgument, is_expected, status_of
@@ -180,7 +181,7 @@ class ProfileSubscriptions:
                     yield _heartbeat(item.head_sequence)
                     continue
                 if plan.include_profile:
-                    changes = [await self._with_profile(entry) for entry in item]
+                    changes = await self._with_profiles(item)
                 else:
                     # Encoded once by the feed, shared with every subscriber.
                     changes = [entry.payload.encoded for entry in item]
@@ -200,15 +201,26 @@ class ProfileSubscriptions:
         if error is not None:
             await _abort(context, error)
 
-    async def _with_profile(self, entry: FeedEntry[EncodedChange]) -> bytes:
-        """The change with the profile as it is now (read at delivery, as the API says)."""
-        found = None
-        if entry.change.kind != "DELETED":
+    async def _with_profiles(self, entries: Sequence[FeedEntry[EncodedChange]]) -> list[bytes]:
+        """The changes with their profiles as they are now (read at delivery, as the API says).
+
+        The profiles of a whole message are read together: one store read, not one per change.
+        """
+        wanted = {e.change.profile_id for e in entries if e.change.kind != "DELETED"}
+        found: dict[str, tuple[StoredProfile, bool]] = {}
+        if wanted:
             try:
-                found = await asyncio.to_thread(self._store.get_profile, entry.change.profile_id)
+                found = await asyncio.to_thread(self._store.get_profiles, wanted)
             except Exception as exc:  # the store's reads raise its driver's errors unmapped
                 raise FeedUnavailable("the profile store cannot be read") from exc
-        return with_profile(entry.payload, found[0] if found else None)
+        profiles = {profile_id: profile for profile_id, (profile, _) in found.items()}
+        return [
+            with_profile(
+                entry.payload,
+                None if entry.change.kind == "DELETED" else profiles.get(entry.change.profile_id),
+            )
+            for entry in entries
+        ]
 
 
 def _heartbeat(head_sequence: int) -> Response:

@@ -108,6 +108,18 @@ def test_two_profiles_linked_later_merge_and_the_older_id_survives(store):
     assert values(store, anne)["loyalty.tier"] == "gold"
 
 
+def test_several_profiles_are_read_together_following_aliases(store):
+    [(anne, _, _)] = apply(store, crm(1, 10, email="anne@example.com"))
+    [(annie, _, _)] = apply(store, member("L1", 11, crm_id=None))
+    [(bob, _, _)] = apply(store, crm(2, 12, name="Bob"))
+    apply(store, member("L1", 13, crm_id=1))  # annie merges into anne
+    found = store.get_profiles([annie, bob, "p_unknown", anne])
+    assert {i: (p.profile_id, was_alias) for i, (p, was_alias) in found.items()} == {
+        annie: (anne, True), anne: (anne, False), bob: (bob, False),
+    }
+    assert found[annie][0] == store.get_profile(anne)[0]
+
+
 def test_a_cleared_link_splits_the_profile_and_both_parts_are_right(store):
     [(anne, _, _)] = apply(store, crm(1, 10, email="anne@example.com"))
     apply(store, member("L1", 20, crm_id=1, tier="silver"))
