@@ -26,6 +26,7 @@ import grpc
 import structlog
 from grpc import aio
 
+from .handlers import rebuild_handler
 from .settings import TokenConfig
 
 log = structlog.get_logger(__name__)
@@ -163,32 +164,6 @@ class BearerAuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grp
         return handler
 
 
-_KINDS = (
-    ("unary_unary", grpc.unary_unary_rpc_method_handler),
-    ("unary_stream", grpc.unary_stream_rpc_method_handler),
-    ("stream_unary", grpc.stream_unary_rpc_method_handler),
-    ("stream_stream", grpc.stream_stream_rpc_method_handler),
-)
-
-
-def rebuild_handler(
-    handler: Any,
-    wrap: Callable[[Any], Any],
-    response_serializer: Callable[[Any], bytes] | None = None,
-) -> Any:
-    """The same method handler with its behavior replaced by ``wrap(behavior)`` (and its
-    response serializer by ``response_serializer``, when given)."""
-    for kind, factory in _KINDS:
-        behavior = getattr(handler, kind)
-        if behavior is not None:
-            return factory(
-                wrap(behavior),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=response_serializer or handler.response_serializer,
-            )
-    raise TypeError(f"a method handler without a behavior: {handler!r}")
-
-
 def _denying(handler: Any, code: grpc.StatusCode, message: str) -> Any:
     async def deny(_request: Any, context: Any) -> None:
         await context.abort(code, message)
@@ -228,5 +203,4 @@ __all__ = [
     "Principal",
     "bearer_token",
     "current_principal",
-    "rebuild_handler",
 ]

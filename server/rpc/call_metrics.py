@@ -16,8 +16,7 @@ import grpc
 from grpc import aio
 
 from .. import metrics
-from .auth import rebuild_handler
-from .handler_cache import WrappedHandlers
+from .handlers import WrappedHandlers, rebuild_handler
 
 _OK = grpc.StatusCode.OK
 

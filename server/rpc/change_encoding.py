@@ -19,8 +19,7 @@ from grpc import aio
 
 from unified_profile.v1 import profile_service_pb2
 
-from .auth import rebuild_handler
-from .handler_cache import WrappedHandlers
+from .handlers import WrappedHandlers, rebuild_handler
 
 MAX_MESSAGE_BYTES = 1 << 20
 """Batch messages are cut before they exceed this (gRPC clients accept 4 MiB by default)."""

@@ -115,8 +115,8 @@ async def serving(dsn: str, listen_dsn: str | None = None, max_message_bytes: in
         store.close()
 
 
-def run(scenario: Callable[[], Any]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), timeout=120))
+def run(scenario: Callable[[], Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(scenario(), timeout=120))
 
 
 def change(profile: str = "p1", kind: str = "UPDATED", paths: Sequence[str] = ("loyalty.tier",),
@@ -254,6 +254,34 @@ def test_catch_up_from_the_log_then_live_changes_with_profiles(store_dsn, per_me
             assert merged.profile.record_count == 3
             call.cancel()
     run(scenario)
+
+
+def test_each_change_of_a_batch_carries_its_own_profile_and_a_deletion_none(store_dsn):
+    # One message holds changes of several people, one of them deleted since: each change gets
+    # its own profile as it is now (read together for the message), the deleted one none.
+    async def scenario():
+        async with serving(store_dsn) as h:
+            await apply(h.store, crm(1, 10, "Anne"), crm(2, 11, "Bob"), crm(3, 12, "Cleo"))
+            gone = SourceRecord(
+                key=RecordKey.of("crm", "public.customers", {"id": 2}), position=13, deleted=True,
+                commit_time_us=COMMIT_US + 13,
+            )
+            await apply(h.store, gone)
+            sizes: list[int] = []
+            call = h.subscribe(Start.START_EARLIEST, include_profile=True, per_message=10)
+            changes = await read_changes(call, 4, sizes=sizes)
+            call.cancel()
+            return changes, sizes
+
+    changes, sizes = run(scenario)
+    assert sizes[0] > 1  # several changes, and so several profiles, in one message
+    created = [c for c in changes if c.kind == K.CHANGE_KIND_CREATED]
+    names = {c.profile_id: c.profile.person.given_name for c in created if c.HasField("profile")}
+    [deleted] = [c for c in changes if c.kind == K.CHANGE_KIND_DELETED]
+    assert sorted(names.values()) == ["Anne", "Cleo"]  # Bob's profile is gone: none carried
+    assert all(c.profile.profile_id == c.profile_id for c in created if c.HasField("profile"))
+    assert not deleted.HasField("profile")
+    assert deleted.profile_id not in names
 
 
 def test_a_resumed_subscriber_sees_every_later_change_exactly_once_in_order(store_dsn):
