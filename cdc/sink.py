@@ -47,14 +47,17 @@ class InMemorySink:
     the source position), then calls :meth:`acknowledge` with the sequence number ``take`` returned.
     """
 
-    def __init__(self, capacity: int = 50_000) -> None:
+    def __init__(
+        self, capacity: int = 50_000, changed: threading.Condition | None = None
+    ) -> None:
         self._capacity = capacity
         self._queue: deque[ChangeEvent] = deque()
         self._published = 0
         self._taken = 0
         self._acknowledged = 0
         self._closed = False
-        self._changed = threading.Condition()
+        # Shared by the sinks of a SinkGroup, so that one consumer can wait for any of them.
+        self._changed = changed or threading.Condition()
 
     def publish(self, events: Sequence[ChangeEvent]) -> int:
         """Queue events; blocks while the queue is full (the consumer is behind)."""
@@ -95,6 +98,10 @@ class InMemorySink:
         """How many events the consumer has made durable."""
         return self._acknowledged
 
+    def has_events(self) -> bool:
+        """Events are waiting to be taken, or the sink is closed (a take would not wait)."""
+        return bool(self._queue) or self._closed
+
     def flush(self, timeout: float) -> None:
         """Wait until the consumer has acknowledged everything published."""
         with self._changed:
@@ -117,3 +124,29 @@ class InMemorySink:
         with self._changed:
             self._closed = True
             self._changed.notify_all()
+
+
+class SinkGroup:
+    """In-memory sinks that one consumer takes from, one per source.
+
+    The sinks share one condition, so the consumer can wait for an event from any of them
+    (:meth:`wait`) instead of polling each in turn.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.sinks: dict[str, InMemorySink] = {}
+
+    def add(self, name: str, capacity: int = 50_000) -> InMemorySink:
+        """A new sink for source ``name``."""
+        if name in self.sinks:
+            raise ValueError(f"the sink group already has a sink named {name!r}")
+        sink = self.sinks[name] = InMemorySink(capacity, self._changed)
+        return sink
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until a sink has events (or is closed); ``True`` if so."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: any(s.has_events() for s in self.sinks.values()), timeout
+            )

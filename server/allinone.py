@@ -2,10 +2,10 @@
 
 Transports:
 
-- **embedded** (the default): each source's connector hands its events to the engine in memory
-  (:class:`~unified_profile.cdc.sink.InMemorySink` → :class:`EmbeddedIngest`); the source LSN is
-  stored with the effects and confirmed to PostgreSQL after that commit; connector offsets live in
-  the store. No broker.
+- **embedded** (the default): each source's connector hands its events in memory to one engine
+  thread serving every source (:class:`~unified_profile.cdc.sink.SinkGroup` →
+  :class:`EmbeddedIngest`); the source LSN is stored with the effects and confirmed to PostgreSQL
+  after that commit; connector offsets live in the store. No broker.
 - **kafka**: the connectors publish to Kafka (:class:`CaptureService`) and an engine thread
   consumes the topics as a member of the engine's consumer group.
 
@@ -36,7 +36,7 @@ import structlog
 from unified_profile.cdc.config import KafkaConfig, SourceConfig
 from unified_profile.cdc.connector import Connector
 from unified_profile.cdc.errors import SinkError, SourceError
-from unified_profile.cdc.sink import InMemorySink
+from unified_profile.cdc.sink import InMemorySink, SinkGroup
 
 from . import metrics
 from .capture import CaptureService
@@ -137,19 +137,17 @@ class Workers:
     _services: list[CaptureService] = field(default_factory=list)
 
     def start_embedded(self, config: ServiceConfig, store: ProfileStore) -> None:
-        """One connector and one engine thread per source, joined by an in-memory sink."""
+        """A connector thread per source, handing events in memory to one engine thread."""
+        sinks = SinkGroup()
         for source in config.capture.sources:
-            sink = InMemorySink()
-            ingest = EmbeddedIngest(
-                sink,
-                build_pipeline(config, store, "embedded"),
-                source.name,
-                config.engine.batch_events,
-            )
+            sink = sinks.add(source.name)
             self._spawn(
                 self._capture, f"cdc-{source.name}", self._connector_loop(source, sink, store)
             )
-            self._spawn(self._engine, f"engine-{source.name}", partial(ingest.run, self._engine_stop))
+        ingest = EmbeddedIngest(
+            sinks, build_pipeline(config, store, "embedded"), config.engine.batch_events
+        )
+        self._spawn(self._engine, "engine-embedded", partial(ingest.run, self._engine_stop))
 
     def start_kafka(self, config: ServiceConfig, store: ProfileStore) -> None:
         """The connectors publishing to Kafka, and an engine thread consuming the topics."""

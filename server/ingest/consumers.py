@@ -14,10 +14,10 @@ import time
 import structlog
 
 from unified_profile.cdc.connector import heartbeat_topic
-from unified_profile.cdc.envelope import decoded_from
+from unified_profile.cdc.envelope import ChangeEvent, decoded_from
 from unified_profile.cdc.errors import EnvelopeError
 from unified_profile.cdc.kafka import KafkaEventSource, partition_stream
-from unified_profile.cdc.sink import InMemorySink
+from unified_profile.cdc.sink import SinkGroup
 
 from .. import metrics
 from ..retry import retry_transient
@@ -69,68 +69,99 @@ class KafkaIngest:
 
 
 class EmbeddedIngest:
-    """Applies what an in-process connector publishes; acknowledges after each store commit.
+    """Applies what the in-process connectors publish; acknowledges after each store commit.
+
+    One engine thread serves every source: a batch takes events from each source's sink (each
+    gets an equal share of ``batch_events`` first, so a busy source cannot starve a quiet one)
+    and applies them in one store transaction. A thread per source would take turns on the
+    change-log head lock, each waiting out the other's whole transaction, and pay a
+    transaction's fixed cost once per source.
 
     Args:
-        sink: The connector's in-memory sink.
+        sinks: The connectors' in-memory sinks, by source name (positions are stored as
+            ``source:<name>``).
         pipeline: The ingest pipeline.
-        source_name: The connector's source (positions are stored as ``source:<name>``).
     """
 
     def __init__(
-        self,
-        sink: InMemorySink,
-        pipeline: IngestPipeline,
-        source_name: str,
-        batch_events: int = 2_000,
+        self, sinks: SinkGroup, pipeline: IngestPipeline, batch_events: int = 2_000
     ) -> None:
-        self._sink = sink
+        self._group = sinks
         self._pipeline = pipeline
-        self._stream = f"source:{source_name}"
-        self._heartbeats = heartbeat_topic(source_name)
         self._batch_events = batch_events
+        self._heartbeats = {name: heartbeat_topic(name) for name in sinks.sinks}
         self.applied_events = 0
 
     def run(self, stop: threading.Event) -> None:
-        """Take, apply, acknowledge; return when ``stop`` is set and the queue is drained."""
-        progress = _Progress(self._stream)
+        """Take, apply, acknowledge; return when ``stop`` is set and every sink is drained."""
+        progress = _Progress("embedded")
         while True:
-            events, sequence = self._sink.take(self._batch_events, timeout=0.2)
-            if not events:
+            taken = self._take(timeout=0.2)
+            if not taken:
                 if stop.is_set():
                     return
                 continue
-            batch: list[StreamEvent] = []
-            for event in events:
-                if event.topic == self._heartbeats:
-                    continue
-                try:
-                    decoded = decoded_from(event)
-                except EnvelopeError:
-                    continue  # transaction markers: nothing to apply
-                batch.append(StreamEvent(self._stream, event.lsn, event.topic, decoded=decoded))
+            batch = [
+                event
+                for name, (events, _) in taken.items()
+                for event in self._stream_events(name, events)
+            ]
             if batch:
                 result = self._apply_until_committed(batch, stop)
                 self.applied_events += result.events
                 progress.record(result)
-            # Only now may the connector confirm these LSNs to PostgreSQL. Heartbeats and
-            # transaction markers alone store nothing, so they need no store transaction, which
-            # would wait for the change-log head behind another source's batch.
-            self._sink.acknowledge(sequence)
+            # Only now may the connectors confirm these LSNs to PostgreSQL. Heartbeats and
+            # transaction markers alone store nothing, so they need no store transaction.
+            for name, (_, sequence) in taken.items():
+                self._group.sinks[name].acknowledge(sequence)
 
+    def _take(self, timeout: float) -> dict[str, tuple[list[ChangeEvent], int]]:
+        """Up to ``batch_events`` events over all sinks, in order per sink, with the sequence
+        to acknowledge for each sink that had any; empty if none came within ``timeout``."""
+        if not self._group.wait(timeout):
+            return {}
+        sinks = self._group.sinks
+        share = max(1, self._batch_events // len(sinks))
+        taken: dict[str, tuple[list[ChangeEvent], int]] = {}
+        room = self._batch_events
+        # An equal share each first, then what is left to whoever has more.
+        for limit in (share, None):
+            for name, sink in sinks.items():
+                if room <= 0:
+                    break
+                events, sequence = sink.take(room if limit is None else min(limit, room), 0)
+                if events:
+                    earlier = taken.get(name, ([], 0))[0]
+                    taken[name] = (earlier + events, sequence)
+                    room -= len(events)
+        return taken
+
+    def _stream_events(self, name: str, events: list[ChangeEvent]) -> list[StreamEvent]:
+        """A source's events as the pipeline takes them (heartbeats and markers left out)."""
+        stream = f"source:{name}"
+        batch: list[StreamEvent] = []
+        for event in events:
+            if event.topic == self._heartbeats[name]:
+                continue
+            try:
+                decoded = decoded_from(event)
+            except EnvelopeError:
+                continue  # transaction markers: nothing to apply
+            batch.append(StreamEvent(stream, event.lsn, event.topic, decoded=decoded))
+        return batch
 
     def _apply_until_committed(
         self, batch: list[StreamEvent], stop: threading.Event
     ) -> BatchResult:
         """Apply ``batch``, retrying a store outage until it commits or the service stops.
 
-        The events are out of the sink once taken, so giving up on them would lose them until
-        the next start. If the service stops first, they are never acknowledged: the connector
-        does not confirm them and the source sends them again.
+        The events are out of the sinks once taken, so giving up on them would lose them until
+        the next start. If the service stops first, they are never acknowledged: the connectors
+        do not confirm them and the sources send them again.
         """
         applied: list[BatchResult] = []
         retry_transient(
-            stop, f"engine.{self._stream}", lambda: applied.append(self._pipeline.apply(batch))
+            stop, "engine.embedded", lambda: applied.append(self._pipeline.apply(batch))
         )
         return applied[0]
 

@@ -15,7 +15,7 @@ import pytest
 from unified_profile.cdc.config import read_config_file
 from unified_profile.cdc.connector import Connector, heartbeat_topic
 from unified_profile.cdc.envelope import ChangeEvent
-from unified_profile.cdc.sink import InMemorySink
+from unified_profile.cdc.sink import SinkGroup
 from unified_profile.server.config import parse_service_config
 from unified_profile.server.engine.records import Identifier
 from unified_profile.server.ingest.consumers import EmbeddedIngest
@@ -45,9 +45,9 @@ def test_acme_crm_through_the_embedded_transport(new_database, unique_name, monk
     migrate.upgrade(store_dsn)
     store = open_store(config)
     source = config.capture.sources[0]
-    sink = InMemorySink()
-    connector = Connector(source, sink, StoreOffsetStore(store))
-    ingest = EmbeddedIngest(sink, build_pipeline(config, store, "embedded"), source.name)
+    sinks = SinkGroup()
+    connector = Connector(source, sinks.add(source.name), StoreOffsetStore(store))
+    ingest = EmbeddedIngest(sinks, build_pipeline(config, store, "embedded"))
     stop = threading.Event()
     threads = [threading.Thread(target=connector.run, args=(stop,)),
                threading.Thread(target=ingest.run, args=(stop,))]
@@ -111,8 +111,9 @@ def test_heartbeats_are_acknowledged_without_waiting_for_the_store(
     migrate.upgrade(store_dsn)
     store = open_store(config)
     source = config.capture.sources[0]
-    sink = InMemorySink()
-    ingest = EmbeddedIngest(sink, build_pipeline(config, store, "embedded"), source.name)
+    sinks = SinkGroup()
+    sink = sinks.add(source.name)
+    ingest = EmbeddedIngest(sinks, build_pipeline(config, store, "embedded"))
     stop = threading.Event()
     thread = threading.Thread(target=ingest.run, args=(stop,))
     with psycopg.connect(store_dsn) as holder:

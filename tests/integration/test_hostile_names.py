@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 
 from unified_profile.cdc.connector import Connector
-from unified_profile.cdc.sink import InMemorySink
+from unified_profile.cdc.sink import SinkGroup
 from unified_profile.server.config import parse_service_config
 from unified_profile.server.engine.records import Identifier
 from unified_profile.server.ingest.consumers import EmbeddedIngest
@@ -77,13 +77,13 @@ def test_sql_in_names_and_values_is_data_never_executed(new_database, unique_nam
     migrate.upgrade(store_dsn)
     store = open_store(config)
     source = config.capture.sources[0]
-    sink = InMemorySink()
+    sinks = SinkGroup()
     stop = threading.Event()
     threads = [
-        threading.Thread(target=Connector(source, sink, StoreOffsetStore(store)).run,
+        threading.Thread(target=Connector(source, sinks.add(source.name),
+                                          StoreOffsetStore(store)).run, args=(stop,)),
+        threading.Thread(target=EmbeddedIngest(sinks, build_pipeline(config, store, "embedded")).run,
                          args=(stop,)),
-        threading.Thread(target=EmbeddedIngest(sink, build_pipeline(config, store, "embedded"),
-                                               source.name).run, args=(stop,)),
     ]
     for thread in threads:
         thread.start()

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from unified_profile.cdc.connector import Connector
-from unified_profile.cdc.sink import InMemorySink
+from unified_profile.cdc.sink import SinkGroup
 from unified_profile.server.cli import main
 from unified_profile.server.config import load_service_config
 from unified_profile.server.ingest.consumers import EmbeddedIngest
@@ -55,13 +55,16 @@ def demo(new_database, unique_name, tmp_path, monkeypatch):
     migrate.upgrade(store_dsn)
     store = open_store(config)
     stop = threading.Event()
-    threads = []
-    for source in config.capture.sources:
-        sink = InMemorySink()
-        connector = Connector(source, sink, StoreOffsetStore(store))
-        ingest = EmbeddedIngest(sink, build_pipeline(config, store, "embedded"), source.name)
-        threads += [threading.Thread(target=connector.run, args=(stop,)),
-                    threading.Thread(target=ingest.run, args=(stop,))]
+    sinks = SinkGroup()
+    threads = [
+        threading.Thread(
+            target=Connector(source, sinks.add(source.name), StoreOffsetStore(store)).run,
+            args=(stop,),
+        )
+        for source in config.capture.sources
+    ]
+    ingest = EmbeddedIngest(sinks, build_pipeline(config, store, "embedded"))
+    threads.append(threading.Thread(target=ingest.run, args=(stop,)))
     for thread in threads:
         thread.start()
     try:

@@ -11,7 +11,7 @@ import pytest
 
 from unified_profile.cdc.envelope import ChangeEvent
 from unified_profile.cdc.errors import SinkError
-from unified_profile.cdc.sink import InMemorySink
+from unified_profile.cdc.sink import InMemorySink, SinkGroup
 
 JOIN_S = 5.0  # generous upper bound: a thread that should finish does so in milliseconds
 BLOCKED_S = 0.3  # how long a thread that should stay blocked is watched
@@ -222,3 +222,29 @@ def test_flush_after_close_fails_fast_only_when_events_are_unacknowledged() -> N
         sink.flush(60)
     sink.acknowledge(sequence)
     sink.flush(60)  # everything acknowledged: nothing to report
+
+
+def test_a_sink_group_wakes_its_consumer_for_an_event_in_any_sink() -> None:
+    group = SinkGroup()
+    group.add("crm")
+    loyalty = group.add("loyalty")
+    waiter = start(lambda: group.wait(60))
+    time.sleep(0.05)
+    assert waiter.is_alive()
+    loyalty.publish(events(1))
+    waiter.join(JOIN_S)  # far shorter than its 60 s timeout: only the publish can have woken it
+    assert not waiter.is_alive()
+    assert waiter.result is True
+
+
+def test_a_sink_group_wait_times_out_when_every_sink_is_empty() -> None:
+    group = SinkGroup()
+    group.add("crm")
+    assert group.wait(0.05) is False
+
+
+def test_a_sink_group_refuses_two_sinks_of_one_name() -> None:
+    group = SinkGroup()
+    group.add("crm")
+    with pytest.raises(ValueError, match="already has a sink named 'crm'"):
+        group.add("crm")
