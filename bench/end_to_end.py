@@ -160,13 +160,11 @@ def notes(measured: dict[str, Any], sizes: EndToEndSizes) -> list[str]:
                 if m["store_caught_up"]
                 else f"store still behind {m['catch_up_s']:.0f} s after the last commit"
             )
-            waited = m.get("commit_to_store_transaction") or {}
             parts.append(
                 f"{float(rate):,.0f}/s: {m['rows']:,} row changes in {m['transactions']:,} "
                 f"transactions at {m['achieved_rate'] or 0:,.0f}/s, {m['changes']:,} profile "
                 f"changes, {m['deliveries']:,} of {m['deliveries_expected']:,} deliveries, "
-                f"source commit → store transaction start p50 {_ms(waited.get('p50_ms'))} / "
-                f"p99 {_ms(waited.get('p99_ms'))}, {caught}; CPU per row change: pipeline "
+                f"{_latency_parts(m)}, {caught}; CPU per row change: pipeline "
                 f"{_us(m.get('pipeline_cpu_us_per_row'))}, store PostgreSQL "
                 f"{_us(m.get('store_cpu_us_per_row'))}; host "
                 f"{shares.get('idle', 0):.0f}% idle, {shares.get('steal', 0):.0f}% stolen"
@@ -177,6 +175,23 @@ def notes(measured: dict[str, Any], sizes: EndToEndSizes) -> list[str]:
             f"{sum(stats['errors'].values())}: " + "; ".join(parts)
         )
     return out
+
+
+# The parts of source commit → subscriber, in order (absent parts are left out).
+_LATENCY_PARTS = (
+    ("commit_to_store_transaction", "source commit → store transaction start"),
+    ("store_transaction_to_commit", "→ store commit"),
+    ("store_commit_to_receive", "→ subscriber"),
+)
+
+
+def _latency_parts(m: dict[str, Any]) -> str:
+    """p50 / p99 of each part of the latency the pass's JSON has."""
+    return ", ".join(
+        f"{label} p50 {_ms(part.get('p50_ms'))} / p99 {_ms(part.get('p99_ms'))}"
+        for key, label in _LATENCY_PARTS
+        if (part := m.get(key))
+    )
 
 
 def _ms(milliseconds: float | None) -> str:

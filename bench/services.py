@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 PG_DSN_ENV = "UP_BENCH_PG_DSN"
 KAFKA_BOOTSTRAP_ENV = "UP_BENCH_KAFKA_BOOTSTRAP"
 
-_REPORTED_SETTINGS = ("fsync", "synchronous_commit", "wal_level", "shared_buffers")
+_REPORTED_SETTINGS = (
+    "fsync", "synchronous_commit", "wal_level", "shared_buffers", "track_commit_timestamp",
+)
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,8 @@ def _start_postgres(stack: contextlib.ExitStack) -> str:
     from unified_profile.server.devstack import EmbeddedPostgres
 
     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="up-bench-")))
-    server = EmbeddedPostgres(workdir / "pg")
+    # Commit timestamps let the end-to-end scenario split a change's latency at the store commit.
+    server = EmbeddedPostgres(workdir / "pg", settings={"track_commit_timestamp": "on"})
     server.start()
     stack.callback(server.stop)
     return server.dsn()

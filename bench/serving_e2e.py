@@ -192,7 +192,7 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
                 "WHERE slot_name = %s AND NOT active",
                 (slot,),
             )
-    committed_at, store_began = _change_times(job.dsn, head)
+    times = _change_times(job.dsn, head)
     # Subscribers time deliveries with time.monotonic() (one clock for every process on the
     # machine); the change log has PostgreSQL's wall-clock commit times.
     clock_offset = time.time() - time.monotonic()
@@ -209,7 +209,7 @@ def measure_end_to_end(job: EndToEndJob) -> dict[str, Any]:
         "peak_rss_mib": rss,
         "errors": stream_errors([r for p in passes for r in p.received]),
         "rates": {
-            f"{p.rate:g}": _latencies(job, p, committed_at, store_began, clock_offset)
+            f"{p.rate:g}": _latencies(job, p, times, clock_offset)
             for p in passes
         },
     }
@@ -539,51 +539,73 @@ def _one(row: tuple[Any, ...] | None) -> Any:
     return row[0]
 
 
-def _change_times(dsn: str, after: int) -> tuple[dict[int, float], dict[int, float]]:
-    """For each change after ``after``, in ``time.time()`` seconds: when the source commit that
-    caused it was, and when the store transaction that logged it began.
+@dataclass(frozen=True)
+class _ChangeTimes:
+    """When each change after a sequence was caused, begun and committed (``time.time()`` s).
 
-    A change caused by several records (a merge, a batch) counts from the latest of them: it
-    could not have been made before that commit. The change log's ``committed_at`` is
-    PostgreSQL's ``now()``, the transaction's start: so source commit → it is how long a change
-    waited for the engine (capture, transport, the engine's queue), and the rest of commit →
-    receive is applying, the feed and the fan-out.
+    Attributes:
+        source_commit: The source commit that caused it; a change caused by several records (a
+            merge, a batch) counts from the latest of them: it could not have been made before.
+        store_began: When the store transaction that logged it began (the change log's
+            ``committed_at`` is PostgreSQL's ``now()``, the transaction's start).
+        store_committed: When that transaction committed; empty unless the store's server has
+            ``track_commit_timestamp`` on (the bench's own server has).
+    """
+
+    source_commit: dict[int, float]
+    store_began: dict[int, float]
+    store_committed: dict[int, float]
+
+
+def _change_times(dsn: str, after: int) -> _ChangeTimes:
+    """:class:`_ChangeTimes` of every change after ``after``.
+
+    Source commit → store transaction start is how long a change waited for the engine
+    (capture, transport, the engine's queue); start → store commit is the applying transaction;
+    store commit → receive is the change feed and the fan-out.
     """
     with psycopg.connect(dsn, autocommit=True) as conn:
+        tracked = _one(conn.execute("SHOW track_commit_timestamp").fetchone()) == "on"
+        committed = (
+            "extract(epoch FROM pg_xact_commit_timestamp(xmin))" if tracked else "NULL::float8"
+        )
         rows = conn.execute(
             "SELECT sequence, (SELECT max((c ->> 'commit_time_us')::bigint)"
-            " FROM jsonb_array_elements(cause) AS c), extract(epoch FROM committed_at)"
-            " FROM up_change_log WHERE sequence > %s",
+            " FROM jsonb_array_elements(cause) AS c), extract(epoch FROM committed_at), "
+            + committed
+            + " FROM up_change_log WHERE sequence > %s",
             (after,),
         ).fetchall()
-    source = {int(sequence): us / 1e6 for sequence, us, _ in rows if us}
-    store = {int(sequence): float(began) for sequence, _, began in rows}
-    return source, store
+    return _ChangeTimes(
+        source_commit={int(sequence): us / 1e6 for sequence, us, _, _ in rows if us},
+        store_began={int(sequence): float(began) for sequence, _, began, _ in rows},
+        store_committed={int(sequence): float(at) for sequence, _, _, at in rows if at},
+    )
 
 
 def _latencies(
-    job: EndToEndJob,
-    run: _Pass,
-    committed_at: dict[int, float],
-    store_began: dict[int, float],
-    clock_offset: float,
+    job: EndToEndJob, run: _Pass, times: _ChangeTimes, clock_offset: float
 ) -> dict[str, Any]:
     """Commit → receive of every delivery of a change whose source commit falls in the pass
-    (after its warm-up seconds), and source commit → store transaction start of each such change;
+    (after its warm-up seconds), and that latency's parts (see :func:`_change_times`);
     ``clock_offset`` turns a receive time into ``time.time()``."""
     written = run.written
     counted_from = written.first_commit + job.warmup_s
     counted = {
         sequence: at
-        for sequence, at in committed_at.items()
+        for sequence, at in times.source_commit.items()
         if counted_from <= at <= written.last_commit
     }
+    store_committed = times.store_committed
     latencies: list[float] = []
+    fan_out: list[float] = []
     for part in run.received:
         for sequence, received in zip(part.sequences, part.times, strict=True):
             committed = counted.get(sequence)
             if committed is not None:
                 latencies.append(received + clock_offset - committed)
+                if sequence in store_committed:
+                    fan_out.append(received + clock_offset - store_committed[sequence])
     expected = len(counted) * job.subscribers
     missing = max(0, expected - len(latencies))
     return {
@@ -593,7 +615,9 @@ def _latencies(
         "failed_activities": written.failed,
         "achieved_rate": written.achieved_rate,
         "changes": sum(
-            1 for at in committed_at.values() if written.first_commit <= at <= written.last_commit
+            1
+            for at in times.source_commit.values()
+            if written.first_commit <= at <= written.last_commit
         ),
         "changes_counted": len(counted),
         "deliveries": len(latencies),
@@ -601,8 +625,19 @@ def _latencies(
         # A delivery that never came counts as infinitely late.
         "commit_to_receive": asdict(summarize_seconds(latencies + [math.inf] * missing)),
         "commit_to_store_transaction": asdict(summarize_seconds(
-            [store_began[s] - at for s, at in counted.items() if s in store_began]
+            [times.store_began[s] - at for s, at in counted.items() if s in times.store_began]
         )),
+        "store_transaction_to_commit": (
+            asdict(summarize_seconds([
+                store_committed[s] - times.store_began[s]
+                for s in counted
+                if s in store_committed and s in times.store_began
+            ]))
+            if store_committed else None
+        ),
+        "store_commit_to_receive": (
+            asdict(summarize_seconds(fan_out)) if store_committed else None
+        ),
         "store_caught_up": run.caught_up,
         "catch_up_s": run.catch_up_s,
         "host_cpu_percent": run.host_cpu,

@@ -8,7 +8,7 @@ import math
 from bench import end_to_end, growth
 from bench.apply_data import SourceNames
 from bench.apply_proc import EngineResult, joined
-from bench.serving_e2e import EndToEndJob, _latencies, _Pass
+from bench.serving_e2e import EndToEndJob, _ChangeTimes, _latencies, _Pass
 from bench.serving_subs import Received
 from bench.timing import backend_cpu_between
 from bench.traffic_writer import WrittenPass
@@ -40,21 +40,35 @@ def test_a_missing_delivery_makes_the_tail_infinite_not_smaller() -> None:
     def run(*received: Received) -> _Pass:
         return _Pass(10.0, written, True, 0.0, None, list(received))
 
-    # The store transaction that logged each change began 2 ms after its source commit.
-    store_began = {n: at + 0.002 for n, at in committed_at.items()}
-    full = _latencies(_job(), run(complete, complete), committed_at, store_began,
-                      clock_offset=1000.0)
+    # The store transaction that logged each change began 2 ms after its source commit and
+    # committed 1 ms later.
+    times = _ChangeTimes(
+        source_commit=committed_at,
+        store_began={n: at + 0.002 for n, at in committed_at.items()},
+        store_committed={n: at + 0.003 for n, at in committed_at.items()},
+    )
+    full = _latencies(_job(), run(complete, complete), times, clock_offset=1000.0)
     assert full["changes"] == 10
     assert full["deliveries"] == full["deliveries_expected"] == 16
     assert math.isclose(full["commit_to_receive"]["p99_ms"], 5.0, abs_tol=1e-6)
     # Counted once per change (not per delivery), over the counted changes only.
     assert full["commit_to_store_transaction"]["count"] == 8
     assert math.isclose(full["commit_to_store_transaction"]["p99_ms"], 2.0, abs_tol=1e-6)
+    assert full["store_transaction_to_commit"]["count"] == 8
+    assert math.isclose(full["store_transaction_to_commit"]["p99_ms"], 1.0, abs_tol=1e-6)
+    # The fan-out is counted per delivery.
+    assert full["store_commit_to_receive"]["count"] == 16
+    assert math.isclose(full["store_commit_to_receive"]["p99_ms"], 2.0, abs_tol=1e-6)
 
-    missing = _latencies(_job(), run(complete, one_short), committed_at, store_began,
-                         clock_offset=1000.0)
+    missing = _latencies(_job(), run(complete, one_short), times, clock_offset=1000.0)
     assert missing["deliveries"] == 15
     assert missing["commit_to_receive"]["p99_ms"] == math.inf
+
+    # A store without commit timestamps: no split at the commit, rather than a made-up one.
+    untracked = _ChangeTimes(committed_at, times.store_began, {})
+    plain = _latencies(_job(), run(complete, complete), untracked, clock_offset=1000.0)
+    assert plain["store_transaction_to_commit"] is None
+    assert plain["store_commit_to_receive"] is None
 
 
 def test_the_end_to_end_target_is_judged_at_1000_per_second_only() -> None:
@@ -147,3 +161,29 @@ def test_end_to_end_notes_give_cpu_per_row_change_where_it_was_read() -> None:
     }
     (_, line) = end_to_end.notes(measured, end_to_end.EndToEndSizes.for_mode(quick=True))
     assert "CPU per row change: pipeline 612 µs, store PostgreSQL —" in line
+    # Without commit timestamps the latency is split only where the store transaction began.
+    assert "source commit → store transaction start p50 1 ms / p99 3 ms, store caught up" in line
+
+
+def test_end_to_end_notes_split_the_latency_at_the_store_commit_when_known() -> None:
+    def latency(p50: float, p99: float) -> dict[str, float]:
+        return {"p50_ms": p50, "p95_ms": p99, "p99_ms": p99}
+
+    rate = {
+        "rows": 1_000, "transactions": 550, "achieved_rate": 999.0, "changes": 480,
+        "deliveries": 10, "deliveries_expected": 10, "commit_to_receive": latency(60, 90),
+        "commit_to_store_transaction": latency(15, 50),
+        "store_transaction_to_commit": latency(18, 45),
+        "store_commit_to_receive": latency(20, 52),
+        "store_caught_up": True, "catch_up_s": 0.5, "host_cpu_percent": None,
+    }
+    measured = {
+        "embedded": {
+            "rates": {"500": rate}, "snapshot_s": 30.0, "ready_s": 31.0, "errors": {},
+        }
+    }
+    (_, line) = end_to_end.notes(measured, end_to_end.EndToEndSizes.for_mode(quick=True))
+    assert (
+        "source commit → store transaction start p50 15 ms / p99 50 ms, "
+        "→ store commit p50 18 ms / p99 45 ms, → subscriber p50 20 ms / p99 52 ms"
+    ) in line
