@@ -525,7 +525,7 @@ def _wait_for_a_change_caused_by(
     while True:
         written = writer.write(rate=50.0, rows=_WARMUP_ROWS)
         for _ in range(50):
-            source_commits, _ = _change_times(job.dsn, after)
+            source_commits = _change_times(job.dsn, after).source_commit
             if any(at >= written.first_commit for at in source_commits.values()):
                 return
             pipeline.check()
