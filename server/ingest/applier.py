@@ -374,22 +374,24 @@ class _Plan:
             (item.record, None if item.record.deleted else self.assignment.get(key))
             for key, item in sorted(self.changed.items(), key=_by_record_key)
         ]
-        batch.save_records(changed_records, links_unchanged)
         moved = {
             key: profile
             for key, profile in sorted(self.assignment.items(), key=_by_record_key)
             if key not in self.changed and self.old_profile.get(key) != profile
         }
-        batch.set_record_profiles(moved)
         head_before = batch.head
-        batch.append_changes(self.rows)
-        batch.retire_profiles(self.retired, head_before + len(self.rows))
-        batch.save_profiles(self.profiles)
-        batch.save_conflicts(
-            (c.identifier, [str(k) for k in c.records], c.reason)
-            for c in self.resolution.conflicts
-            if isinstance(c.identifier, Identifier)
-        )
+        # Nothing below reads: the writes go to the store together, in this order.
+        with batch.pipelined():
+            batch.save_records(changed_records, links_unchanged)
+            batch.set_record_profiles(moved)
+            batch.append_changes(self.rows)
+            batch.retire_profiles(self.retired, head_before + len(self.rows))
+            batch.save_profiles(self.profiles)
+            batch.save_conflicts(
+                (c.identifier, [str(k) for k in c.records], c.reason)
+                for c in self.resolution.conflicts
+                if isinstance(c.identifier, Identifier)
+            )
 
 
 def _split_by_links(

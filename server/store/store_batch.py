@@ -9,6 +9,7 @@ in :mod:`.batch_sql`.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select
@@ -115,6 +116,11 @@ class StoreBatch:
 
     # --- writes -------------------------------------------------------------------------------
 
+    def pipelined(self) -> AbstractContextManager[None]:
+        """The writes inside are sent together, not one round trip each (see
+        :func:`.batch_sql.pipelined`); reads inside would wait for everything before them."""
+        return sql.pipelined(self._c)
+
     def save_records(
         self,
         records: Iterable[tuple[SourceRecord, str | None]],
@@ -131,7 +137,7 @@ class StoreBatch:
         items = list(records)
         if not items:
             return
-        sql.run(
+        sql.send(
             self._c,
             sql.UPSERT_RECORDS,
             sql.rows(
@@ -153,7 +159,7 @@ class StoreBatch:
         relinked = [r for r, _ in items if r.key not in links_unchanged]
         if not relinked:
             return
-        sql.run(self._c, sql.DELETE_IDENTIFIERS, sql.keys(r.key for r in relinked))
+        sql.send(self._c, sql.DELETE_IDENTIFIERS, sql.keys(r.key for r in relinked))
         # Deleted records keep their image (so older redeliveries stay ignored) but link nothing.
         links = [
             {
@@ -168,7 +174,7 @@ class StoreBatch:
             for i in sorted(r.identifiers)
         ]
         if links:
-            sql.run(self._c, sql.INSERT_IDENTIFIERS, sql.rows(links))
+            sql.send(self._c, sql.INSERT_IDENTIFIERS, sql.rows(links))
 
     def set_record_profiles(self, assignment: Mapping[RecordKey, str | None]) -> None:
         """Move records to other profiles (records whose image did not change)."""
@@ -178,7 +184,7 @@ class StoreBatch:
             {"source": k.source, "table_name": k.table, "record_key": k.key, "profile_id": p}
             for k, p in assignment.items()
         )
-        sql.run(self._c, sql.SET_RECORD_PROFILES, document)
+        sql.send(self._c, sql.SET_RECORD_PROFILES, document)
 
     def save_profiles(self, profiles: Iterable[StoredProfile]) -> None:
         """Upsert profiles."""
@@ -194,21 +200,21 @@ class StoreBatch:
             for p in profiles
         ]
         if document:
-            sql.run(self._c, sql.UPSERT_PROFILES, sql.rows(document))
+            sql.send(self._c, sql.UPSERT_PROFILES, sql.rows(document))
 
     def retire_profiles(self, merged_into: Mapping[str, str | None], sequence: int) -> None:
         """Remove profiles; those merged into a survivor keep resolving as its aliases."""
         if not merged_into:
             return
-        sql.run(self._c, sql.DELETE_PROFILES, list(merged_into))
+        sql.send(self._c, sql.DELETE_PROFILES, list(merged_into))
         aliases = sql.rows(
             {"alias_id": old, "profile_id": new}
             for old, new in merged_into.items()
             if new is not None
         )
         if aliases != "[]":
-            sql.run(self._c, sql.REPOINT_ALIASES, aliases)
-            sql.run(self._c, sql.UPSERT_ALIASES, sequence, aliases)
+            sql.send(self._c, sql.REPOINT_ALIASES, aliases)
+            sql.send(self._c, sql.UPSERT_ALIASES, sequence, aliases)
 
     def append_changes(self, changes: list[ChangeRow]) -> int:
         """Append changes with the next sequences; returns the new head."""
@@ -225,9 +231,9 @@ class StoreBatch:
             }
             for n, c in enumerate(changes, start=1)
         )
-        sql.run(self._c, sql.APPEND_CHANGES, document)
+        sql.send(self._c, sql.APPEND_CHANGES, document)
         self.head += len(changes)
-        sql.run(self._c, sql.ADVANCE_HEAD, self.head, CHANGE_CHANNEL, str(self.head))
+        sql.send(self._c, sql.ADVANCE_HEAD, self.head, CHANGE_CHANNEL, str(self.head))
         return self.head
 
     def save_positions(self, consumer: str, positions: Mapping[str, int]) -> None:
@@ -235,7 +241,7 @@ class StoreBatch:
         if not positions:
             return
         document = sql.rows({"stream": s, "position": p} for s, p in positions.items())
-        sql.run(self._c, sql.SAVE_POSITIONS, consumer, document)
+        sql.send(self._c, sql.SAVE_POSITIONS, consumer, document)
 
     def add_dead_letter(
         self,
@@ -310,4 +316,4 @@ class StoreBatch:
             for i, records, reason in conflicts
         ]
         if document:
-            sql.run(self._c, sql.SAVE_CONFLICTS, self.head, sql.rows(document))
+            sql.send(self._c, sql.SAVE_CONFLICTS, self.head, sql.rows(document))

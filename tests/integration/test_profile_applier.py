@@ -9,7 +9,7 @@ from unified_profile.server.engine.records import Identifier, RecordKey, SourceR
 from unified_profile.server.engine.survivorship import Rule, RuleSet
 from unified_profile.server.ingest.applier import IncomingRecord, ProfileApplier
 from unified_profile.server.store import migrate
-from unified_profile.server.store.profile_store import ProfileStore
+from unified_profile.server.store.profile_store import ProfileStore, StoreError
 
 pytestmark = pytest.mark.integration
 
@@ -239,3 +239,33 @@ def test_an_unchanged_link_update_next_to_a_record_joining_its_profile_is_kept(s
     }
     [profile] = store.all_profiles().values()
     assert profile.record_count == 2
+
+
+def test_a_write_failing_among_the_batchs_writes_fails_the_whole_batch(store):
+    """The batch's writes are sent together; one failing must still leave nothing behind."""
+    [(anne, _, _)] = apply(store, crm(1, 10, email="anne@example.com"))
+    head = store.head_sequence()
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'change log refused for this test'; END $$"
+        )
+        connection.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE INSERT ON up_change_log "
+            "FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+    # The change-log insert sits between the record upsert before it and the profile upsert
+    # after it.
+    with pytest.raises(StoreError, match="change log refused for this test"):
+        apply(store, crm(1, 11, email="anne@example.com", name="Anna"), crm(2, 12))
+    assert store.head_sequence() == head
+    assert values(store, anne)["person.given_name"] == "Anne"
+    assert store.find_profile(Identifier("crm_id", "2")) is None
+
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TRIGGER refuse ON up_change_log")
+    # The pooled connection that failed is usable again, and the batch applies in full.
+    assert [kind for _, kind, _ in apply(store, crm(1, 11, email="anne@example.com",
+                                                    name="Anna"), crm(2, 12))] == \
+        ["UPDATED", "CREATED"]
+    assert values(store, anne)["person.given_name"] == "Anna"
