@@ -149,7 +149,9 @@ class ProfileReadPool:
         )
         self._opened = False
         self._opening = asyncio.Lock()
-        self._is_closing = False
+        # Set for good by close(): a call the server is still finishing fails instead of
+        # reopening connections nothing would close.
+        self._closed = False
         self._detached_tasks: set[asyncio.Task[Any]] = set()
         # Few statements in flight make big batches: measured per GetProfile at 64 concurrent
         # calls, 8 in flight cost ~130 µs of this process's CPU, 2 in flight ~65 µs (the round
@@ -176,19 +178,15 @@ class ProfileReadPool:
         :class:`StoreError` after the connect timeout.
         """
         async with self._opening:
+            if self._closed:
+                raise _closing()
             if not self._opened:
                 await self._pool.open(wait=False)
                 self._opened = True
 
     async def close(self) -> None:
-        """Fail the reads in flight and close every connection."""
-        self._is_closing = True
-        try:
-            await self._close()
-        finally:
-            self._is_closing = False
-
-    async def _close(self) -> None:
+        """Fail the reads in flight and close every connection; later reads fail too."""
+        self._closed = True
         await self._slots.close()
         for task in list(self._detached_tasks):
             task.cancel()
@@ -337,14 +335,14 @@ class ProfileReadPool:
     async def _query(self, statement: str, *params: bytes) -> list[Row]:
         """Run a coalesced read on an idle direct connection; retry once on a new connection
         if it had broken (reads are idempotent)."""
-        if not self._opened:
+        if not self._opened or self._closed:
             await self.open()
         connection = self._idle.pop()
         try:
             try:
                 return await connection.query(statement, params)
             except ConnectionLost:
-                if self._is_closing:
+                if self._closed:
                     # Closed under a read: fail it, as the coalescer fails its batches, rather
                     # than open a connection the closing pool would leave behind.
                     raise _closing() from None
@@ -359,7 +357,7 @@ class ProfileReadPool:
             QueryTimedOut: The store cancelled the statement (``statement_timeout``).
             StoreError: The store failed or no connection could be had in time.
         """
-        if not self._opened:
+        if not self._opened or self._closed:
             await self.open()
         for attempt in (1, 2):
             try:

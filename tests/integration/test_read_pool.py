@@ -242,6 +242,31 @@ def test_closing_the_pool_fails_reads_in_flight_and_leaves_no_connection(store_d
     assert left == 1   # only the test's locker
 
 
+def test_a_closed_pool_refuses_reads_instead_of_reopening(store_dsn, people):
+    """A call the server is still finishing may read after the pool closed: it must fail, not
+    open connections that nothing will close."""
+    async def scenario(admin):
+        pool = ProfileReadPool(store_dsn, size=2)
+        await pool.get_profile(people["anne"], 5.0)
+        await pool.close()
+        outcomes = await asyncio.gather(
+            pool.get_profile(people["bob"], 5.0),
+            pool.lookup_profile(Identifier("crm_id", "1"), 5.0),
+            pool.get_profiles([people["bob"], people["anne"]], 5.0),
+            pool.open(),
+            return_exceptions=True,
+        )
+        await asyncio.sleep(0.2)
+        return outcomes, _connections(admin)
+
+    with psycopg.connect(store_dsn, autocommit=True) as admin:
+        outcomes, left = asyncio.run(scenario(admin))
+    assert all(
+        isinstance(o, StoreError) and "stopping" in str(o) for o in outcomes
+    ), outcomes
+    assert left == 0
+
+
 def test_a_statement_cancelled_while_being_sent_leaves_the_connection_usable(store_dsn):
     # 64 MiB of parameter: more than the socket takes at once, so the statement is still being
     # sent when its caller is cancelled.
