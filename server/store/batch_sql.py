@@ -11,7 +11,9 @@ A batch reads and writes thousands of rows. Two earlier forms were measured and 
 
 Here each statement has one fixed text (psycopg prepares it once per connection) and takes its rows
 as a single JSON array of objects, written by orjson and unpacked by ``jsonb_to_recordset`` in the
-server; short lists of plain ids stay ``text[]`` arrays.
+server; short lists of plain ids stay ``text[]`` arrays. The two upserts carrying whole field
+documents (stored as ``json``: migration 0002) unpack with ``json_to_recordset``, which hands
+each document over as the text it was, without building the binary ``jsonb`` form first.
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ INSERT INTO up_source_records
      position, deleted)
 SELECT source, table_name, record_key, profile_id, fields, identifiers, version, commit_time_us,
        position, deleted
-FROM jsonb_to_recordset(%s::jsonb)
-     AS u(source text, table_name text, record_key text, profile_id text, fields jsonb,
+FROM json_to_recordset(%s::json)
+     AS u(source text, table_name text, record_key text, profile_id text, fields json,
           identifiers jsonb, version bigint, commit_time_us bigint, position bigint,
           deleted boolean)
 ON CONFLICT (source, table_name, record_key) DO UPDATE SET
@@ -98,8 +100,8 @@ UPSERT_PROFILES = """
 INSERT INTO up_profiles
     (profile_id, fields, identifiers, record_count, created_sequence, updated_sequence)
 SELECT profile_id, fields, identifiers, record_count, created_sequence, updated_sequence
-FROM jsonb_to_recordset(%s::jsonb)
-     AS u(profile_id text, fields jsonb, identifiers jsonb, record_count int,
+FROM json_to_recordset(%s::json)
+     AS u(profile_id text, fields json, identifiers jsonb, record_count int,
           created_sequence bigint, updated_sequence bigint)
 ON CONFLICT (profile_id) DO UPDATE SET
     fields = EXCLUDED.fields, identifiers = EXCLUDED.identifiers,

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from .engine import create_store_engine
 
 _SCRIPT_LOCATION = "unified_profile.server.store:migrations"
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 """The schema revision this version of the code reads and writes."""
 
 
@@ -29,10 +29,24 @@ def upgrade(dsn: str, revision: str = "head") -> None:
 def upgrade_engine(engine: Engine, revision: str = "head") -> None:
     """Migrate through an existing engine (the caller owns it)."""
     with engine.begin() as connection:
-        config = Config()
-        config.set_main_option("script_location", _SCRIPT_LOCATION)
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+        command.upgrade(_config(connection), revision)
+
+
+def downgrade(dsn: str, revision: str) -> None:
+    """Take the store's schema back to ``revision`` (before running an older version)."""
+    engine = create_store_engine(dsn)
+    try:
+        with engine.begin() as connection:
+            command.downgrade(_config(connection), revision)
+    finally:
+        engine.dispose()
+
+
+def _config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", _SCRIPT_LOCATION)
+    config.attributes["connection"] = connection
+    return config
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -24,7 +24,7 @@ from sqlalchemy import (
     text,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSON, JSONB
 from sqlalchemy.exc import DBAPIError
 
 from ..engine.records import Identifier, RecordKey, SourceRecord
@@ -117,7 +117,7 @@ _GET_PROFILES = text(
     LEFT JOIN up_profile_aliases a ON a.alias_id = r.requested
     JOIN up_profiles p ON p.profile_id = COALESCE(a.profile_id, r.requested)
     """
-).columns(fields=JSONB, identifiers=JSONB)
+).columns(fields=JSON, identifiers=JSONB)
 
 
 # One id (GetProfile, the hot path): an index lookup after the alias lookup, measured ~2.5x
@@ -130,7 +130,7 @@ _GET_PROFILE = text(
     WHERE p.profile_id = COALESCE(
         (SELECT a.profile_id FROM up_profile_aliases a WHERE a.alias_id = :id), :id)
     """
-).columns(fields=JSONB, identifiers=JSONB)
+).columns(fields=JSON, identifiers=JSONB)
 
 
 class ProfileReads:

@@ -31,7 +31,7 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSON, JSONB
 
 metadata = MetaData()
 
@@ -42,7 +42,8 @@ source_records = Table(
     Column("table_name", Text, nullable=False),
     Column("record_key", Text, nullable=False),
     Column("profile_id", Text, nullable=True),
-    Column("fields", JSONB, nullable=False),
+    # json, not jsonb: written and read whole, never queried inside (migration 0002).
+    Column("fields", JSON, nullable=False),
     Column("identifiers", JSONB, nullable=False),
     Column("version", BigInteger, nullable=True),
     Column("commit_time_us", BigInteger, nullable=False),
@@ -73,7 +74,7 @@ profiles = Table(
     "up_profiles",
     metadata,
     Column("profile_id", Text, primary_key=True),
-    Column("fields", JSONB, nullable=False),
+    Column("fields", JSON, nullable=False),
     Column("identifiers", JSONB, nullable=False),
     Column("record_count", Integer, nullable=False),
     Column("created_sequence", BigInteger, nullable=False),

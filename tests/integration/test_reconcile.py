@@ -117,13 +117,13 @@ def test_missing_stale_orphaned_and_profile_drift_are_reported_then_repaired(dem
         # missing: the store lost Tom's CRM record
         conn.execute(
             "DELETE FROM up_source_records WHERE table_name = 'crm.customers'"
-            " AND fields -> 'person.given_name' = '\"Tom\"'"
+            " AND fields ->> 'person.given_name' = 'Tom'"
         )
         # stale: Priya's CRM record holds an old name
         conn.execute(
-            "UPDATE up_source_records SET fields = jsonb_set(fields, '{person.given_name}',"
-            " '\"Pria\"') WHERE table_name = 'crm.customers'"
-            " AND fields -> 'person.given_name' = '\"Priya\"'"
+            "UPDATE up_source_records"
+            " SET fields = jsonb_set(fields::jsonb, '{person.given_name}', '\"Pria\"')::json"
+            " WHERE table_name = 'crm.customers' AND fields ->> 'person.given_name' = 'Priya'"
         )
         # orphaned: a record whose source row never existed
         conn.execute(
@@ -134,7 +134,8 @@ def test_missing_stale_orphaned_and_profile_drift_are_reported_then_repaired(dem
         )
         # profile drift: Sally's stored tier no longer matches her records
         conn.execute(
-            "UPDATE up_profiles SET fields = jsonb_set(fields, '{loyalty.tier,value}', '\"bronze\"')"
+            "UPDATE up_profiles"
+            " SET fields = jsonb_set(fields::jsonb, '{loyalty.tier,value}', '\"bronze\"')::json"
             " WHERE fields -> 'person.full_name' ->> 'value' = 'Sally Smith'"
         )
 
