@@ -166,13 +166,14 @@ class IngestPipeline:
             reraise=True,
         ):
             with attempt, self._store.batch() as batch:
+                # Deferred: it goes to the store with the applier's writes.
+                batch.save_positions(self.consumer, positions)
                 changes = self._applier.apply(batch, _expand(batch, truncates) + incoming)
                 for event, reason in dead:
                     key, value = _record_bytes(event)
                     batch.add_dead_letter(
                         self.consumer, event.stream, event.position, event.topic, key, value, reason
                     )
-                batch.save_positions(self.consumer, positions)
                 head = batch.head
         _record_metrics(applied, dead, changes, head, len(events), time.perf_counter() - started)
         _log_changes(changes, head)

@@ -84,7 +84,9 @@ class ProfileStore:
         """
         try:
             with self.engine.begin() as connection:
-                yield StoreBatch(connection)
+                batch = StoreBatch(connection)
+                yield batch
+                batch.finish()
         except (OperationalError, DBAPIError) as exc:
             raise StoreError(f"store transaction failed: {exc.orig or exc}") from exc
 

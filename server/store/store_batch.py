@@ -8,8 +8,8 @@ in :mod:`.batch_sql`.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select
@@ -43,6 +43,9 @@ class StoreBatch:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
         self.head = int(sql.run(connection, sql.LOCK_HEAD)[0][0])
+        # Writes nothing in the transaction reads back: sent with the next pipelined writes, or
+        # by finish() before the commit, rather than in a round trip of their own.
+        self._deferred: list[tuple[str, tuple[Any, ...]]] = []
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -116,10 +119,22 @@ class StoreBatch:
 
     # --- writes -------------------------------------------------------------------------------
 
-    def pipelined(self) -> AbstractContextManager[None]:
-        """The writes inside are sent together, not one round trip each (see
-        :func:`.batch_sql.pipelined`); reads inside would wait for everything before them."""
-        return sql.pipelined(self._c)
+    @contextmanager
+    def pipelined(self) -> Iterator[None]:
+        """The writes inside (and any deferred ones) are sent together, not one round trip each
+        (see :func:`.batch_sql.pipelined`); reads inside would wait for everything before them."""
+        with sql.pipelined(self._c):
+            yield
+            self._send_deferred()
+
+    def finish(self) -> None:
+        """Send the deferred writes no pipelined block took (called before the commit)."""
+        self._send_deferred()
+
+    def _send_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for statement, params in deferred:
+            sql.send(self._c, statement, *params)
 
     def save_records(
         self,
@@ -237,11 +252,14 @@ class StoreBatch:
         return self.head
 
     def save_positions(self, consumer: str, positions: Mapping[str, int]) -> None:
-        """Record how far ``consumer`` has applied each stream (same transaction as effects)."""
+        """Record how far ``consumer`` has applied each stream (same transaction as effects).
+
+        Deferred: sent with the batch's other writes, whenever this is called.
+        """
         if not positions:
             return
         document = sql.rows({"stream": s, "position": p} for s, p in positions.items())
-        sql.send(self._c, sql.SAVE_POSITIONS, consumer, document)
+        self._deferred.append((sql.SAVE_POSITIONS, (consumer, document)))
 
     def add_dead_letter(
         self,

@@ -269,3 +269,25 @@ def test_a_write_failing_among_the_batchs_writes_fails_the_whole_batch(store):
                                                     name="Anna"), crm(2, 12))] == \
         ["UPDATED", "CREATED"]
     assert values(store, anne)["person.given_name"] == "Anna"
+
+
+def test_positions_are_committed_with_the_batch_whether_or_not_it_writes_anything_else(store):
+    """Positions are sent with the applier's writes; a batch with none (all redeliveries) must
+    still store them, and a failed batch must store none."""
+    apply(store, crm(1, 10, email="anne@example.com"))
+    applier = ProfileApplier(TYPES, RULES)
+    with store.batch() as batch:
+        batch.save_positions("engine", {"source:crm": 10})
+        redelivered = IncomingRecord(crm(1, 10, email="anne@example.com"), {"source": "crm"})
+        assert applier.apply(batch, [redelivered]) == []
+    assert store.load_positions("engine") == {"source:crm": 10}
+
+    with store.batch() as batch:
+        batch.save_positions("engine", {"source:crm": 11})
+        applier.apply(batch, [IncomingRecord(crm(2, 11), {"source": "crm"})])
+    assert store.load_positions("engine") == {"source:crm": 11}
+
+    with pytest.raises(RuntimeError, match="stop"), store.batch() as batch:
+        batch.save_positions("engine", {"source:crm": 12})
+        raise RuntimeError("stop")
+    assert store.load_positions("engine") == {"source:crm": 11}
