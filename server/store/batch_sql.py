@@ -192,15 +192,12 @@ def run(connection: Connection, statement: str, *params: Any) -> list[Any]:
     per connection. Errors are raised as SQLAlchemy's (``DBAPIError`` subclasses wrapping
     psycopg's), as the transaction's callers expect.
     """
-    driver = connection.connection.driver_connection
-    try:
-        with driver.cursor(row_factory=namedtuple_row) as cursor:  # type: ignore[union-attr]
-            cursor.execute(statement, params)
-            return cursor.fetchall() if cursor.description is not None else []
-    except psycopg.Error as exc:
-        raise DBAPIError.instance(
-            statement, params, exc, psycopg.Error, dialect=connection.dialect
-        ) from exc
+    with (
+        _as_sqlalchemy_errors(connection, statement, params),
+        _driver(connection).cursor(row_factory=namedtuple_row) as cursor,
+    ):
+        cursor.execute(statement, params)
+        return cursor.fetchall() if cursor.description is not None else []
 
 
 def send(connection: Connection, statement: str, *params: Any) -> None:
@@ -209,14 +206,11 @@ def send(connection: Connection, statement: str, *params: Any) -> None:
     Inside :func:`pipelined` it is queued and sent without waiting for its result; outside, it
     is :func:`run` without reading rows.
     """
-    driver = connection.connection.driver_connection
-    try:
-        with driver.cursor() as cursor:  # type: ignore[union-attr]
-            cursor.execute(statement, params)
-    except psycopg.Error as exc:
-        raise DBAPIError.instance(
-            statement, params, exc, psycopg.Error, dialect=connection.dialect
-        ) from exc
+    with (
+        _as_sqlalchemy_errors(connection, statement, params),
+        _driver(connection).cursor() as cursor,
+    ):
+        cursor.execute(statement, params)
 
 
 @contextmanager
@@ -230,13 +224,21 @@ def pipelined(connection: Connection) -> Iterator[None]:
     raised here when the block ends, as a SQLAlchemy ``DBAPIError`` (the transaction is then
     rolled back like any other failed batch).
     """
-    driver = connection.connection.driver_connection
+    with _as_sqlalchemy_errors(connection, "pipelined writes", None), _driver(connection).pipeline():
+        yield
+
+
+def _driver(connection: Connection) -> psycopg.Connection[Any]:
+    return connection.connection.driver_connection  # type: ignore[return-value]
+
+
+@contextmanager
+def _as_sqlalchemy_errors(connection: Connection, statement: str, params: Any) -> Iterator[None]:
     try:
-        with driver.pipeline():  # type: ignore[union-attr]
-            yield
+        yield
     except psycopg.Error as exc:
         raise DBAPIError.instance(
-            "pipelined writes", None, exc, psycopg.Error, dialect=connection.dialect
+            statement, params, exc, psycopg.Error, dialect=connection.dialect
         ) from exc
 
 
