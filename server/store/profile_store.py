@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import Connection, Engine, and_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -92,6 +92,14 @@ class ProfileStore:
 
     # --- reads outside a batch ----------------------------------------------------------------
 
+    def _single_statement(self) -> Connection:
+        """A pooled connection in autocommit for a read that is one statement.
+
+        The change feed reads the log after every commit it is told of: a transaction around
+        one ``SELECT`` added a ``BEGIN`` and a ``ROLLBACK``, each a round trip of its own.
+        """
+        return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
     def get_profile(self, profile_id: str) -> tuple[StoredProfile, bool] | None:
         """The profile with this id, following an alias; ``(profile, was_alias)`` or ``None``."""
         return self.get_profiles([profile_id]).get(profile_id)
@@ -142,7 +150,7 @@ class ProfileStore:
 
     def read_changes_after(self, sequence: int, limit: int = 1000) -> list[LoggedChange]:
         """Change-log entries with a sequence greater than ``sequence``, in order."""
-        with self.engine.connect() as connection:
+        with self._single_statement() as connection:
             rows = connection.execute(
                 select(t.change_log)
                 .where(t.change_log.c.sequence > sequence)
@@ -153,7 +161,7 @@ class ProfileStore:
 
     def head_sequence(self) -> int:
         """The newest change-log sequence (0 when empty)."""
-        with self.engine.connect() as connection:
+        with self._single_statement() as connection:
             return int(connection.execute(select(t.change_log_head.c.sequence)).scalar_one())
 
     def load_positions(self, consumer: str) -> dict[str, int]:
