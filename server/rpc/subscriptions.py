@@ -31,8 +31,8 @@ from ..feed import (
     InvalidFilter,
     StartAt,
 )
+from ..store.profile_reads import ProfileReads, ResolvedProfile
 from ..store.profile_store import ProfileStore
-from ..store.rows import StoredProfile
 from .change_convert import EncodedChange, with_profile
 from .change_encoding import MAX_MESSAGE_BYTES, batch_messages, single_message
 from .errors import InvalidArgument, is_expected, status_of
@@ -147,7 +147,7 @@ class ProfileSubscriptions:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self._feed = feed
-        self._store = store
+        self._reads = ProfileReads.of(store)
         # Room for the message's own tag and length.
         self._batch_bytes = min(MAX_MESSAGE_BYTES, max_message_bytes) - _HEADER_ROOM
 
@@ -207,13 +207,13 @@ class ProfileSubscriptions:
         The profiles of a whole message are read together: one store read, not one per change.
         """
         wanted = {e.change.profile_id for e in entries if e.change.kind != "DELETED"}
-        found: dict[str, tuple[StoredProfile, bool]] = {}
+        found: dict[str, ResolvedProfile] = {}
         if wanted:
             try:
-                found = await asyncio.to_thread(self._store.get_profiles, wanted)
-            except Exception as exc:  # the store's reads raise its driver's errors unmapped
+                found = await asyncio.to_thread(self._reads.get_profiles, wanted)
+            except Exception as exc:
                 raise FeedUnavailable("the profile store cannot be read") from exc
-        profiles = {profile_id: profile for profile_id, (profile, _) in found.items()}
+        profiles = {profile_id: resolved.profile for profile_id, resolved in found.items()}
         return [
             with_profile(
                 entry.payload,

@@ -102,29 +102,15 @@ class ProfileStore:
 
     def get_profile(self, profile_id: str) -> tuple[StoredProfile, bool] | None:
         """The profile with this id, following an alias; ``(profile, was_alias)`` or ``None``."""
-        return self.get_profiles([profile_id]).get(profile_id)
-
-    def get_profiles(self, profile_ids: Collection[str]) -> dict[str, tuple[StoredProfile, bool]]:
-        """Several profiles in two statements, as :meth:`get_profile` reads each one.
-
-        Returns:
-            Requested id → ``(profile, was_alias)``; unknown and erased ids are absent.
-        """
-        ids = sorted(set(profile_ids))
-        if not ids:
-            return {}
-        a = t.profile_aliases.c
         with self.engine.connect() as connection:
-            aliases: dict[str, str] = {
-                row.alias_id: row.profile_id
-                for row in connection.execute(
-                    select(a.alias_id, a.profile_id).where(a.alias_id.in_(ids))
+            alias = connection.execute(
+                select(t.profile_aliases.c.profile_id).where(
+                    t.profile_aliases.c.alias_id == profile_id
                 )
-            }
-            found = load_profiles(connection, sorted({aliases.get(i, i) for i in ids}))
-        return {
-            i: (found[aliases.get(i, i)], i in aliases) for i in ids if aliases.get(i, i) in found
-        }
+            ).scalar_one_or_none()
+            found = load_profiles(connection, [alias or profile_id])
+        profile = found.get(alias or profile_id)
+        return (profile, alias is not None) if profile else None
 
     def find_profile(self, identifier: Identifier) -> str | None:
         """The profile holding a (normalised) identifier, if any."""

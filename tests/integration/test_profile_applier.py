@@ -9,6 +9,7 @@ from unified_profile.server.engine.records import Identifier, RecordKey, SourceR
 from unified_profile.server.engine.survivorship import Rule, RuleSet
 from unified_profile.server.ingest.applier import IncomingRecord, ProfileApplier
 from unified_profile.server.store import migrate
+from unified_profile.server.store.profile_reads import ProfileReads
 from unified_profile.server.store.profile_store import ProfileStore, StoreError
 
 pytestmark = pytest.mark.integration
@@ -113,11 +114,12 @@ def test_several_profiles_are_read_together_following_aliases(store):
     [(annie, _, _)] = apply(store, member("L1", 11, crm_id=None))
     [(bob, _, _)] = apply(store, crm(2, 12, name="Bob"))
     apply(store, member("L1", 13, crm_id=1))  # annie merges into anne
-    found = store.get_profiles([annie, bob, "p_unknown", anne])
-    assert {i: (p.profile_id, was_alias) for i, (p, was_alias) in found.items()} == {
+    # What a subscription with include_profile reads for each message.
+    found = ProfileReads.of(store).get_profiles({annie, bob, "p_unknown", anne})
+    assert {i: (r.profile.profile_id, r.via_alias) for i, r in found.items()} == {
         annie: (anne, True), anne: (anne, False), bob: (bob, False),
     }
-    assert found[annie][0] == store.get_profile(anne)[0]
+    assert found[annie].profile == store.get_profile(anne)[0]
 
 
 def test_a_cleared_link_splits_the_profile_and_both_parts_are_right(store):
