@@ -376,7 +376,7 @@ def _run_embedded(config: Any, halt: threading.Event) -> None:
     store = open_store(config)
     workers = Workers()
     try:
-        # A connector and an engine thread per source, as `unified-profile run` starts them.
+        # A connector thread per source and one engine thread, as `unified-profile run` starts them.
         workers.start_embedded(config, store)
         while not halt.wait(0.2):
             if workers.failure is not None:
