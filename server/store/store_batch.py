@@ -155,19 +155,19 @@ class StoreBatch:
         sql.send(
             self._c,
             sql.UPSERT_RECORDS,
-            sql.rows(
-                {
-                    "source": r.key.source,
-                    "table_name": r.key.table,
-                    "record_key": r.key.key,
-                    "profile_id": profile_id,
-                    "fields": r.fields,
-                    "identifiers": sorted([i.type, i.value] for i in r.identifiers),
-                    "version": r.version,
-                    "commit_time_us": r.commit_time_us,
-                    "position": r.position,
-                    "deleted": r.deleted,
-                }
+            *sql.columns(
+                (
+                    r.key.source,
+                    r.key.table,
+                    r.key.key,
+                    profile_id,
+                    json_codec.dumps(r.fields),
+                    json_codec.dumps(sorted([i.type, i.value] for i in r.identifiers)),
+                    r.version,
+                    r.commit_time_us,
+                    r.position,
+                    r.deleted,
+                )
                 for r, profile_id in items
             ),
         )
@@ -177,19 +177,13 @@ class StoreBatch:
         sql.send(self._c, sql.DELETE_IDENTIFIERS, sql.keys(r.key for r in relinked))
         # Deleted records keep their image (so older redeliveries stay ignored) but link nothing.
         links = [
-            {
-                "type": i.type,
-                "value": i.value,
-                "source": r.key.source,
-                "table_name": r.key.table,
-                "record_key": r.key.key,
-            }
+            (i.type, i.value, r.key.source, r.key.table, r.key.key)
             for r in relinked
             if not r.deleted
             for i in sorted(r.identifiers)
         ]
         if links:
-            sql.send(self._c, sql.INSERT_IDENTIFIERS, sql.rows(links))
+            sql.send(self._c, sql.INSERT_IDENTIFIERS, *sql.columns(links))
 
     def set_record_profiles(self, assignment: Mapping[RecordKey, str | None]) -> None:
         """Move records to other profiles (records whose image did not change)."""
@@ -203,19 +197,19 @@ class StoreBatch:
 
     def save_profiles(self, profiles: Iterable[StoredProfile]) -> None:
         """Upsert profiles."""
-        document = [
-            {
-                "profile_id": p.profile_id,
-                "fields": p.fields,
-                "identifiers": p.identifiers,
-                "record_count": p.record_count,
-                "created_sequence": p.created_sequence,
-                "updated_sequence": p.updated_sequence,
-            }
+        rows = [
+            (
+                p.profile_id,
+                json_codec.dumps(p.fields),
+                json_codec.dumps(p.identifiers),
+                p.record_count,
+                p.created_sequence,
+                p.updated_sequence,
+            )
             for p in profiles
         ]
-        if document:
-            sql.send(self._c, sql.UPSERT_PROFILES, sql.rows(document))
+        if rows:
+            sql.send(self._c, sql.UPSERT_PROFILES, *sql.columns(rows))
 
     def retire_profiles(self, merged_into: Mapping[str, str | None], sequence: int) -> None:
         """Remove profiles; those merged into a survivor keep resolving as its aliases."""

@@ -293,3 +293,35 @@ def test_positions_are_committed_with_the_batch_whether_or_not_it_writes_anythin
         batch.save_positions("engine", {"source:crm": 12})
         raise RuntimeError("stop")
     assert store.load_positions("engine") == {"source:crm": 11}
+
+
+def test_record_images_and_profiles_are_stored_exactly_as_sent(store):
+    """Images and profile documents travel to the store as one array per column: text full of
+    quotes, backslashes and non-ASCII, integers beyond 64 bits, nested values, a missing version
+    and a deleted record's missing profile must all come back as they were."""
+    awkward = 'Zoë "Z" O\'Brien \\ {a,b} ☃\ttab'
+    odd = SourceRecord(
+        key=RecordKey.of("crm", "public.customers", {"id": 7, "region": 'eu"1\\'}),
+        fields={
+            "person.given_name": awkward,
+            "traits.big": 2**70,
+            "traits.nested": {"a": [1, None, "b"], "c": {"d": 0.5}},
+        },
+        identifiers=frozenset({Identifier("crm_id", awkward), Identifier("email", "z@example.com")}),
+        version=None,
+        commit_time_us=5_000,
+        position=5,
+    )
+    gone = crm(8, 6, deleted=True)
+    [(profile_id, kind, _)] = apply(store, odd, gone)
+    assert kind == "CREATED"
+
+    stored = store.records([odd.key, gone.key])
+    assert stored[odd.key].record == odd
+    assert stored[odd.key].profile_id == profile_id
+    assert stored[gone.key].record == gone
+    assert stored[gone.key].profile_id is None
+    assert values(store, profile_id) == odd.fields
+    found = store.get_profile(profile_id)
+    assert found is not None
+    assert found[0].identifiers == [["crm_id", awkward], ["email", "z@example.com"]]
