@@ -27,9 +27,8 @@ from unified_profile.cdc.kafka import KafkaSink, ensure_topics, partition_stream
 from unified_profile.server.config import ServiceConfig, parse_service_config
 from unified_profile.server.engine.records import SourceRecord
 from unified_profile.server.engine.survivorship import merge_fields
-from unified_profile.server.ingest.applier import field_json
 from unified_profile.server.ingest.mapper import ConfiguredMapper
-from unified_profile.server.store import migrate
+from unified_profile.server.store import migrate, profile_document
 
 from . import apply_data
 from .apply_data import Preloader, SourceNames, WorkloadSpec
@@ -193,7 +192,7 @@ def check_preload(
         record = mapper.map_event(decoded_from(factory.event(change)))
         assert isinstance(record, SourceRecord)
         merged = merge_fields([record], config.rules)
-        profile_fields = {path: field_json(value) for path, value in merged.items()}
+        profile_fields = profile_document.encode(merged)
         engine_view = (
             record.key,
             dict(record.fields),

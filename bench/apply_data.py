@@ -32,7 +32,8 @@ from unified_profile.cdc.envelope import ChangeEvent, SourceInfo, TableEventBuil
 from unified_profile.cdc.model import Column, PgType, TableShape
 from unified_profile.cdc.type_encoding import EncodingOptions
 from unified_profile.server.engine.records import RecordKey, canonical_json
-from unified_profile.server.engine.survivorship import RuleSet
+from unified_profile.server.engine.survivorship import FieldValue, Provenance, RuleSet
+from unified_profile.server.store import profile_document
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "demo" / "unified-profile.toml"
 CUSTOMERS = "crm.customers"
@@ -375,18 +376,18 @@ class Preloader:
             "traits.crm_notes": c.notes,
         }
         commit_time_us = c.updated_us + 1_000
-        provenance = {
-            "source": key.source,
-            "table": key.table,
-            "record_key": key.key,
-            "version": c.updated_us,
-            "commit_time_us": commit_time_us,
-        }
-        profile_fields = {
-            path: {"value": value, "provenance": [{**provenance, "rule": self._rule(path)}]}
-            for path, value in sorted(fields.items())
-            if value is not None
-        }
+        provenance: dict[str, Provenance] = {}
+        merged: dict[str, FieldValue] = {}
+        for path, value in sorted(fields.items()):
+            if value is None:
+                continue
+            rule = self._rule(path)
+            if rule not in provenance:
+                provenance[rule] = Provenance(
+                    key.source, key.table, key.key, c.updated_us, commit_time_us, rule
+                )
+            merged[path] = FieldValue(value, (provenance[rule],))
+        profile_fields = profile_document.encode(merged)
         return StoredCustomer(
             key=key,
             profile_id=profile_id_of(key),

@@ -25,6 +25,7 @@ def profiles_by_members(store_dsn: str) -> dict[frozenset[str], str]:
     profile's ``record_count`` is right.
     """
     with psycopg.connect(store_dsn) as conn:
+        # The profile document's values (server/store/profile_document.py).
         fields = dict(conn.execute("SELECT profile_id, fields FROM up_profiles").fetchall())
         counts = dict(conn.execute("SELECT profile_id, record_count FROM up_profiles").fetchall())
         members: dict[str, set[str]] = {}
@@ -37,7 +38,7 @@ def profiles_by_members(store_dsn: str) -> dict[frozenset[str], str]:
     assert members.keys() == fields.keys(), "profiles without records, or records in no profile"
     assert all(counts[p] == len(m) for p, m in members.items()), "record_count is off"
     return {
-        frozenset(members[p]): canonical({path: f["value"] for path, f in fields[p].items()})
+        frozenset(members[p]): canonical(fields[p]["values"])
         for p in fields
     }
 

@@ -31,7 +31,8 @@ from ..engine.identity import (
 )
 from ..engine.mapping import fill_unavailable
 from ..engine.records import Identifier, RecordKey, SourceRecord, key_order
-from ..engine.survivorship import FieldValue, Provenance, RuleSet, merge_fields
+from ..engine.survivorship import RuleSet, merge_fields
+from ..store import profile_document
 from ..store.rows import ChangeRow, StoredProfile, StoredRecord
 from ..store.store_batch import StoreBatch
 
@@ -287,8 +288,10 @@ class _Plan:
     ) -> None:
         causes = self._causes(cluster)
         rows_before = len(self.rows)
-        merged = merge_fields([self.images[k] for k in cluster], self.rules)
-        fields = fields_json(merged)
+        document = profile_document.encode(
+            merge_fields([self.images[k] for k in cluster], self.rules)
+        )
+        values = document["values"]
         identifiers = [
             list(pair)
             for pair in sorted(
@@ -301,7 +304,7 @@ class _Plan:
             for other in inherited[1:]:
                 self._append(survivor, "MERGED", {}, {"merged": other}, causes)
                 self.retired[other] = survivor
-            changes = _diff(before.fields, fields)
+            changes = _diff(before.values, values)
             if changes:
                 self._append(survivor, "UPDATED", changes, {}, causes)
         else:
@@ -309,7 +312,7 @@ class _Plan:
             self._append(
                 survivor,
                 "CREATED",
-                _diff({}, fields),
+                _diff({}, values),
                 {"split_from": parents[0]} if parents else {},
                 causes,
             )
@@ -318,7 +321,7 @@ class _Plan:
         self.profiles.append(
             StoredProfile(
                 profile_id=survivor,
-                fields=fields,
+                document=document,
                 identifiers=identifiers,
                 record_count=len(cluster),
                 created_sequence=created_sequence,
@@ -454,58 +457,17 @@ def _with_unavailable_filled(item: IncomingRecord, stored: StoredRecord | None) 
     return item if record is item.record else IncomingRecord(record, item.cause, item.force)
 
 
-def field_json(value: FieldValue) -> dict[str, Any]:
-    """A field as the profile row stores it: its value and provenance documents."""
-    return {"value": value.value, "provenance": [_provenance_json(p) for p in value.provenance]}
-
-
-def fields_json(merged: Mapping[str, FieldValue]) -> dict[str, dict[str, Any]]:
-    """Every field of one profile as :func:`field_json` gives it, sharing provenance documents.
-
-    A record's provenance is one object for every field it wins under one rule (see
-    ``merge_fields``), so its document is built once. Keyed by object identity rather than by
-    value: hashing the provenance dataclass once per field cost more than the document saved.
-    ``merged`` keeps every provenance alive meanwhile, so no id is reused.
-    """
-    documents: dict[int, dict[str, Any]] = {}
-    fields: dict[str, dict[str, Any]] = {}
-    for path, value in merged.items():
-        provenance = []
-        for p in value.provenance:
-            document = documents.get(id(p))
-            if document is None:
-                document = documents[id(p)] = _provenance_json(p)
-            provenance.append(document)
-        fields[path] = {"value": value.value, "provenance": provenance}
-    return fields
-
-
-def _provenance_json(p: Provenance) -> dict[str, Any]:
-    return {
-        "source": p.source,
-        "table": p.table,
-        "record_key": p.record_key,
-        "version": p.version,
-        "commit_time_us": p.commit_time_us,
-        "rule": p.rule,
-    }
-
-
 def _diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
     """Changed field paths with old and new values (provenance-only changes are not changes).
 
     In path order. Most fields keep their value, so only the changed paths are sorted.
     """
     changes: dict[str, Any] = {}
-    for path, new_field in after.items():
-        old_field = before.get(path)
-        old = old_field["value"] if old_field else None
-        new = new_field["value"] if new_field else None
+    for path, new in after.items():
+        old = before.get(path)
         if old != new:
             changes[path] = {"old": old, "new": new}
     for path in before.keys() - after.keys():
-        old_field = before[path]
-        old = old_field["value"] if old_field else None
-        if old is not None:
+        if (old := before[path]) is not None:
             changes[path] = {"old": old, "new": None}
     return {path: changes[path] for path in sorted(changes)}

@@ -9,8 +9,8 @@ import structlog
 from ..config import ServiceConfig
 from ..engine.records import RecordKey, SourceRecord
 from ..engine.survivorship import RuleSet, merge_fields
-from ..ingest.applier import field_json
 from ..ingest.mapper import ConfiguredMapper
+from ..store import profile_document
 from ..store.profile_store import ProfileStore, StoredProfile
 from .drift import ProfileDrift, RecordDrift, Report, TableReport, compare
 from .source_rows import read_source
@@ -78,7 +78,7 @@ def profile_differences(
     """Field paths (and ``identifiers`` / ``record_count``) where a stored profile differs from a
     recompute over its records."""
     live = [r for r in records if not r.deleted]
-    merged = {path: field_json(value) for path, value in merge_fields(live, rules).items()}
+    merged = profile_document.expand(profile_document.encode(merge_fields(live, rules)))
     differences = sorted(
         path
         for path in profile.fields.keys() | merged.keys()

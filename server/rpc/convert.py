@@ -1,10 +1,10 @@
 """Stored JSON → protobuf messages: profiles, field masks, change-log entries, record names.
 
-A stored profile's ``fields`` map profile field paths (``loyalty.tier``) to ``{"value", "provenance"}``;
-the proto's field names were chosen to be those paths, so a path is set by walking the message
-descriptors, with the value converted to the field's type (text → ``Timestamp`` for instants).
-``traits.<name>`` land in the ``traits`` map, and each field's first provenance entry in
-``provenance`` (ExplainProfile lists every contributor).
+A stored profile's document maps profile field paths (``loyalty.tier``) to values, and each path
+to its contributors (:mod:`..store.profile_document`); the proto's field names were chosen to be
+those paths, so a path is set by walking the message descriptors, with the value converted to the
+field's type (text → ``Timestamp`` for instants). ``traits.<name>`` land in the ``traits`` map, and
+each field's first contributor in ``provenance`` (ExplainProfile lists every contributor).
 """
 
 from __future__ import annotations
@@ -129,24 +129,17 @@ def _timestamp_from_text(text: str) -> timestamp_pb2.Timestamp | None:
 # --- profiles ---------------------------------------------------------------------------------
 
 
-def provenance_to_proto(entry: Mapping[str, Any]) -> profile_pb2.Provenance:
-    """One stored provenance entry as a ``Provenance``."""
-    return _provenance_message(_provenance_fields(entry))
-
-
 _ProvenanceFields = tuple[str, str, str, int, int, str]
 
 
-def _provenance_fields(entry: Mapping[str, Any]) -> _ProvenanceFields:
-    """What a ``Provenance`` holds of a stored entry: source, table, record key, version,
-    commit time (µs) and rule, each converted to its proto type."""
+def _provenance_fields(entry: list[Any]) -> _ProvenanceFields:
+    """What a ``Provenance`` holds of a stored contributor entry (source, table, record key,
+    version, commit time in µs, rule: see :mod:`..store.profile_document`), each converted to
+    its proto type."""
+    source, table, record_key, version, commit_time_us, rule = entry
     return (
-        str(entry.get("source", "")),
-        str(entry.get("table", "")),
-        str(entry.get("record_key", "")),
-        int(entry.get("version") or 0),
-        int(entry.get("commit_time_us") or 0),
-        str(entry.get("rule", "")),
+        str(source), str(table), str(record_key), int(version or 0), int(commit_time_us or 0),
+        str(rule),
     )
 
 
@@ -191,19 +184,21 @@ def fill_profile(
     add_identifier = profile.identifiers.add
     for typ, value in stored.identifiers:
         add_identifier(type=typ, value=value)
+    # A profile's fields mostly come from the same few records: each contributor's Provenance
+    # is built once and copied (a copy is ~4x cheaper than a build).
+    document = stored.document
+    contributors = document.get("contributors", [])
+    built: dict[int, profile_pb2.Provenance] = {}
     provenance = profile.provenance
-    # A profile's fields mostly come from the same few records, so their provenance entries
-    # repeat: each distinct one is built once and copied (a copy is ~4x cheaper than a build).
-    built: dict[_ProvenanceFields, profile_pb2.Provenance] = {}
-    for path, field in stored.fields.items():
-        value = field.get("value")
-        entries = field.get("provenance") or []
-        if entries:
-            fields = _provenance_fields(entries[0])
-            message = built.get(fields)
+    for path, indexes in document.get("provenance", {}).items():
+        if indexes:
+            message = built.get(indexes[0])
             if message is None:
-                message = built[fields] = _provenance_message(fields)
+                message = built[indexes[0]] = _provenance_message(
+                    _provenance_fields(contributors[indexes[0]])
+                )
             provenance[path].CopyFrom(message)
+    for path, value in document.get("values", {}).items():
         if value is None:
             continue
         if path.startswith(_TRAITS):
@@ -213,9 +208,8 @@ def fill_profile(
     for channel, leaves in _CONSENT_PATHS:
         # Consent.source: the source whose value won (of the choice, else of its time).
         for leaf in leaves:
-            entries = (stored.fields.get(leaf) or {}).get("provenance")
-            if entries:
-                getattr(profile.consent, channel).source = str(entries[0].get("source", ""))
+            if indexes := document.get("provenance", {}).get(leaf):
+                getattr(profile.consent, channel).source = str(contributors[indexes[0]][0])
                 break
 
 
@@ -454,7 +448,6 @@ __all__ = [
     "fill_profile",
     "parse_record_name",
     "profile_to_proto",
-    "provenance_to_proto",
     "record_name",
     "timestamp_from_datetime",
     "timestamp_from_us",

@@ -91,7 +91,7 @@ def scrub_history(
     own = list(c.execute(select(t.change_log).where(log.profile_id.in_(ids))).all())
     keys = {r.key for r in records}
     texts = _texts(v for row in own for change in row.changes.values() for v in change.values())
-    texts |= _texts(field.get("value") for field in profile.fields.values())
+    texts |= _texts(profile.values.values())
     texts |= {value for _, value in profile.identifiers}
     for row in own:
         _write(c, row, _scrubbed(row.changes), _scrubbed_causes(row.cause))

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine
 from .engine import create_store_engine
 
 _SCRIPT_LOCATION = "unified_profile.server.store:migrations"
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 """The schema revision this version of the code reads and writes."""
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import Connection
 
 from ..engine.records import Identifier, RecordKey, SourceRecord
 from . import batch_sql as sql
+from . import profile_document
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,14 +25,25 @@ class StoredRecord:
 
 @dataclass(frozen=True, slots=True)
 class StoredProfile:
-    """A profile row: merged fields (with provenance) and identifiers, as JSON documents."""
+    """A profile row: its field document (see :mod:`.profile_document`) and identifiers."""
 
     profile_id: str
-    fields: dict[str, Any]
+    document: dict[str, Any]
     identifiers: list[list[str]]
     record_count: int
     created_sequence: int
     updated_sequence: int
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """Field path → value."""
+        values: dict[str, Any] = self.document.get("values", {})
+        return values
+
+    @property
+    def fields(self) -> dict[str, dict[str, Any]]:
+        """Field path → ``{"value", "provenance"}``, built from the document on every call."""
+        return profile_document.expand(self.document)
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,7 @@ profiles = Table(
     "up_profiles",
     metadata,
     Column("profile_id", Text, primary_key=True),
+    # Values and their provenance by reference (profile_document; migration 0003), as json.
     Column("fields", JSON, nullable=False),
     Column("identifiers", JSONB, nullable=False),
     Column("record_count", Integer, nullable=False),

@@ -200,7 +200,7 @@ class StoreBatch:
         rows = [
             (
                 p.profile_id,
-                json_codec.dumps(p.fields),
+                json_codec.dumps(p.document),
                 json_codec.dumps(p.identifiers),
                 p.record_count,
                 p.created_sequence,

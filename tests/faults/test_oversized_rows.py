@@ -84,7 +84,7 @@ def _stored_length(store_dsn: str, source: str, table: str, key: dict, path: str
     a 10 MB value is more than a gRPC read may carry)."""
     with psycopg.connect(store_dsn) as conn:
         row = conn.execute(
-            "SELECT length(p.fields -> %s ->> 'value') FROM up_source_records r"
+            "SELECT length(p.fields -> 'values' ->> %s) FROM up_source_records r"
             " JOIN up_profiles p ON p.profile_id = r.profile_id"
             " WHERE r.source = %s AND r.table_name = %s AND r.record_key::jsonb = %s::jsonb"
             " AND NOT r.deleted",

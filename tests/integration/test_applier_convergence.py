@@ -41,7 +41,7 @@ from unified_profile.server.engine.records import (
 )
 from unified_profile.server.engine.survivorship import FieldValue, Rule, RuleSet, merge_fields
 from unified_profile.server.ingest.applier import IncomingRecord, ProfileApplier
-from unified_profile.server.store import migrate
+from unified_profile.server.store import migrate, profile_document
 from unified_profile.server.store import schema as t
 from unified_profile.server.store.profile_store import ProfileStore
 
@@ -308,7 +308,7 @@ class Observed:
     """The stored state, with profile ids replaced by the records they hold."""
 
     records: dict[RecordKey, tuple[Any, ...]]
-    profiles: dict[frozenset[RecordKey], tuple[str, str, int]]
+    profiles: dict[frozenset[RecordKey], tuple[str, str, int, str]]
 
 
 def _key(row: Any) -> RecordKey:
@@ -385,9 +385,12 @@ def observe(store: ProfileStore) -> Observed:
         },
         profiles={
             frozenset(members[p]): (
-                canonical_json(profiles[p].fields),
+                # Each field with its provenance, compared against the recompute's own
+                # rendering; then the stored document itself, which must not depend on history.
+                canonical_json(profile_document.expand(profiles[p].fields)),
                 canonical_json(profiles[p].identifiers),
                 profiles[p].record_count,
+                canonical_json(profiles[p].fields),
             )
             for p in profiles
         },
@@ -418,15 +421,14 @@ def recompute(images: Sequence[SourceRecord]) -> Observed:
     by_key = {r.key: r for r in latest}
     profiles = {}
     for cluster in resolution.clusters:
-        fields = {
-            path: _field_json(value)
-            for path, value in merge_fields([by_key[k] for k in cluster], RULES).items()
-        }
+        merged = merge_fields([by_key[k] for k in cluster], RULES)
+        fields = {path: _field_json(value) for path, value in merged.items()}
         identifiers = sorted({(i.type, i.value) for k in cluster for i in by_key[k].identifiers})
         profiles[cluster] = (
             canonical_json(fields),
             canonical_json([list(i) for i in identifiers]),
             len(cluster),
+            canonical_json(profile_document.encode(merged)),
         )
     records = {
         r.key: (

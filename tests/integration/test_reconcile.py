@@ -94,8 +94,8 @@ def _reconcile(capsys, config: Path, *flags: str) -> tuple[int, dict]:
 def _tier_of(store_dsn: str, name: str) -> str | None:
     with psycopg.connect(store_dsn) as conn:
         row = conn.execute(
-            "SELECT fields -> 'loyalty.tier' ->> 'value' FROM up_profiles"
-            " WHERE fields -> 'person.full_name' ->> 'value' = %s",
+            "SELECT fields -> 'values' ->> 'loyalty.tier' FROM up_profiles"
+            " WHERE fields -> 'values' ->> 'person.full_name' = %s",
             (name,),
         ).fetchone()
     return None if row is None else row[0]
@@ -135,8 +135,8 @@ def test_missing_stale_orphaned_and_profile_drift_are_reported_then_repaired(dem
         # profile drift: Sally's stored tier no longer matches her records
         conn.execute(
             "UPDATE up_profiles"
-            " SET fields = jsonb_set(fields::jsonb, '{loyalty.tier,value}', '\"bronze\"')::json"
-            " WHERE fields -> 'person.full_name' ->> 'value' = 'Sally Smith'"
+            " SET fields = jsonb_set(fields::jsonb, '{values,loyalty.tier}', '\"bronze\"')::json"
+            " WHERE fields -> 'values' ->> 'person.full_name' = 'Sally Smith'"
         )
 
     code, out = _reconcile(capsys, config)
@@ -170,7 +170,7 @@ def test_missing_stale_orphaned_and_profile_drift_are_reported_then_repaired(dem
         names = {
             row[0]
             for row in conn.execute(
-                "SELECT fields -> 'person.given_name' ->> 'value' FROM up_profiles"
+                "SELECT fields -> 'values' ->> 'person.given_name' FROM up_profiles"
             )
         }
     assert {"Tom", "Priya"} <= names and "Pria" not in names and "Ghost" not in names

@@ -5,6 +5,7 @@ from __future__ import annotations
 from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
 
 from unified_profile.server.rpc import convert
+from unified_profile.server.store.profile_document import CONTRIBUTOR_KEYS
 from unified_profile.server.store.profile_store import StoredProfile
 from unified_profile.v1 import profile_pb2, profile_service_pb2
 
@@ -22,9 +23,27 @@ def field(value, *provenance):
     return {"value": value, "provenance": list(provenance)}
 
 
+def document(fields):
+    """Fields written inline (as above) as the stored document: each contributor once."""
+    contributors: list[list[object]] = []
+    provenance = {}
+    for path, f in fields.items():
+        provenance[path] = []
+        for entry in f["provenance"]:
+            row = [entry[k] for k in CONTRIBUTOR_KEYS]
+            if row not in contributors:
+                contributors.append(row)
+            provenance[path].append(contributors.index(row))
+    return {
+        "values": {path: f["value"] for path, f in fields.items()},
+        "provenance": provenance,
+        "contributors": contributors,
+    }
+
+
 STORED = StoredProfile(
     "p_1",
-    {
+    document({
         "person.given_name": field("Anne", CRM),
         "person.family_name": field("Smith", CRM),
         "contact.email": field("anne@example.com", {**CRM, "rule": "last_writer_wins"}, LOYALTY),
@@ -36,7 +55,7 @@ STORED = StoredProfile(
         "consent.sms_marketing.updated_at": field(None, CRM),
         "traits.vip": field({"since": 2020}, LOYALTY),
         "no.such_field": field("x", CRM),
-    },
+    }),
     [["crm_id", "1"], ["email", "anne@example.com"]],
     2,
     5,
