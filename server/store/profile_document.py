@@ -26,6 +26,7 @@ CONTRIBUTOR_KEYS = ("source", "table", "record_key", "version", "commit_time_us"
 """What each contributor entry holds, in order (also the keys of an expanded entry)."""
 
 EMPTY: dict[str, Any] = {"values": {}, "provenance": {}, "contributors": []}
+"""The document of a profile without fields."""
 
 
 def encode(merged: Mapping[str, FieldValue]) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def encode(merged: Mapping[str, FieldValue]) -> dict[str, Any]:
 def expand(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Every field as ``{"value": ..., "provenance": [{source, table, ...}, ...]}``.
 
-    The form tests, reconciliation and erasure compare and read; hot paths use the document.
+    The form tests and reconciliation compare; the hot paths read the document itself.
     """
     contributors = [
         dict(zip(CONTRIBUTOR_KEYS, entry, strict=True)) for entry in _contributors(document)
@@ -61,16 +62,6 @@ def expand(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         path: {"value": value, "provenance": [contributors[i] for i in provenance.get(path, ())]}
         for path, value in document.get("values", {}).items()
-    }
-
-
-def first_contributors(document: Mapping[str, Any]) -> dict[str, list[Any]]:
-    """Path → the contributor entry listed first for it (the winner of a chosen value)."""
-    contributors = _contributors(document)
-    return {
-        path: contributors[indexes[0]]
-        for path, indexes in document.get("provenance", {}).items()
-        if indexes
     }
 
 
