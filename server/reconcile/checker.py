@@ -79,10 +79,9 @@ def profile_differences(
     recompute over its records."""
     live = [r for r in records if not r.deleted]
     merged = profile_document.expand(profile_document.encode(merge_fields(live, rules)))
+    stored = profile.fields  # built from the document on every access: once here
     differences = sorted(
-        path
-        for path in profile.fields.keys() | merged.keys()
-        if profile.fields.get(path) != merged.get(path)
+        path for path in stored.keys() | merged.keys() if stored.get(path) != merged.get(path)
     )
     identifiers = sorted({(i.type, i.value) for r in live for i in r.identifiers})
     if sorted(tuple(pair) for pair in profile.identifiers) != identifiers:

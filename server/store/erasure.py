@@ -58,27 +58,28 @@ def forget_profile(
     try:
         with engine.begin() as c:
             set_statement_timeout(c, timeout_s)
-            batch = StoreBatch(c)  # locks the head before anything else, as the engine does
-            profile = resolve_profile(c, profile_id).profile
-            target = profile.profile_id
-            aliases = list(
-                c.execute(
-                    select(t.profile_aliases.c.alias_id).where(
-                        t.profile_aliases.c.profile_id == target
-                    )
-                ).scalars()
-            )
-            records = live_records(c, t.source_records.c.profile_id == target)
-            scrub_history(c, [target, *aliases], records, profile)
-            erase_records(c, records, profile.identifiers)
-            c.execute(delete(t.profiles).where(t.profiles.c.profile_id == target))
-            c.execute(delete(t.profile_aliases).where(t.profile_aliases.c.profile_id == target))
-            cause = [{"steward": actor, "operation": "forget", "reason": reason}]
-            head = batch.append_changes(
-                [ChangeRow(target, "DELETED", {}, {"forgotten": True}, cause)]
-            )
-            row = c.execute(select(t.change_log).where(t.change_log.c.sequence == head)).one()
-            return change_entry(row)
+            # Locks the head before anything else, as the engine does.
+            with StoreBatch(c) as batch:
+                profile = resolve_profile(c, profile_id).profile
+                target = profile.profile_id
+                aliases = list(
+                    c.execute(
+                        select(t.profile_aliases.c.alias_id).where(
+                            t.profile_aliases.c.profile_id == target
+                        )
+                    ).scalars()
+                )
+                records = live_records(c, t.source_records.c.profile_id == target)
+                scrub_history(c, [target, *aliases], records, profile)
+                erase_records(c, records, profile.identifiers)
+                c.execute(delete(t.profiles).where(t.profiles.c.profile_id == target))
+                c.execute(delete(t.profile_aliases).where(t.profile_aliases.c.profile_id == target))
+                cause = [{"steward": actor, "operation": "forget", "reason": reason}]
+                head = batch.append_changes(
+                    [ChangeRow(target, "DELETED", {}, {"forgotten": True}, cause)]
+                )
+                row = c.execute(select(t.change_log).where(t.change_log.c.sequence == head)).one()
+                return change_entry(row)
     except DBAPIError as exc:
         raise store_error(exc) from exc
 

@@ -83,10 +83,8 @@ class ProfileStore:
             StoreError: The database failed; nothing of the batch was committed.
         """
         try:
-            with self.engine.begin() as connection:
-                batch = StoreBatch(connection)
+            with self.engine.begin() as connection, StoreBatch(connection) as batch:
                 yield batch
-                batch.finish()
         except (OperationalError, DBAPIError) as exc:
             raise StoreError(f"store transaction failed: {exc.orig or exc}") from exc
 

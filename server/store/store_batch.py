@@ -44,7 +44,7 @@ class StoreBatch:
         self._c = connection
         self.head = int(sql.run(connection, sql.LOCK_HEAD)[0][0])
         # Writes nothing in the transaction reads back: sent with the next pipelined writes, or
-        # by finish() before the commit, rather than in a round trip of their own.
+        # when the batch's block ends, rather than in a round trip of their own.
         self._deferred: list[tuple[str, tuple[Any, ...]]] = []
 
     # --- reads --------------------------------------------------------------------------------
@@ -127,9 +127,14 @@ class StoreBatch:
             yield
             self._send_deferred()
 
-    def finish(self) -> None:
-        """Send the deferred writes no pipelined block took (called before the commit)."""
-        self._send_deferred()
+    def __enter__(self) -> StoreBatch:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        # The transaction commits after this block: the deferred writes no pipelined block
+        # took go now (a failed batch is rolled back, so they are dropped with it).
+        if exc_type is None:
+            self._send_deferred()
 
     def _send_deferred(self) -> None:
         deferred, self._deferred = self._deferred, []
