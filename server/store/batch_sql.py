@@ -9,15 +9,22 @@ A batch reads and writes thousands of rows. Two earlier forms were measured and 
   text-format array with a regular expression in Python, and record keys and JSON documents are
   full of quotes (~0.7 ms of CPU per change, half the engine's time).
 
-Here each statement has one fixed text (psycopg prepares it once per connection). Reads and the
-other writes take their rows as a single JSON array of objects, written by orjson and unpacked by
-``jsonb_to_recordset`` in the server; short lists of plain ids stay ``text[]`` arrays. The upserts
-of field documents (record images, profiles) and the identifier rows take one array per column
-in *binary* format (``%b``: psycopg copies each string as it is, no escaping), each document
-already JSON text, unpacked by ``unnest``. Inside a batch document PostgreSQL parsed every field
-document twice, once as part of the batch and again as the ``json`` column's value: on ~3.5 KB
-profile documents the upsert cost ~80 µs of PostgreSQL CPU per row that way, ~45 µs as columns
-(a one-off measurement). Change-log rows measured the same either way and stay documents.
+Here each statement has one fixed text (psycopg prepares it once per connection). Rows go as one
+array per column in *binary* format (``%b``: psycopg copies each string as it is, no escaping),
+unpacked by ``unnest``: the upserts of field documents (record images, profiles, each document
+already JSON text), the identifier rows, and every lookup joined to a table. Inserts that join
+nothing (change log, positions, conflicts) take one JSON array of objects, written by orjson and
+unpacked by ``jsonb_to_recordset``; short lists of plain ids stay ``text[]`` arrays.
+
+- Field documents inside a batch document were parsed twice by PostgreSQL, once as part of the
+  batch and again as the ``json`` column's value: on ~3.5 KB profile documents the upsert cost
+  ~80 µs of PostgreSQL CPU per row that way, ~45 µs as columns (a one-off measurement).
+- Lookups: the planner takes ``jsonb_to_recordset`` for 100 rows, a batch of one change has one
+  or two, and on a store of some ten thousand records it chose to hash-join them against the
+  whole identifier table (and every record image): ~1.5 ms of PostgreSQL CPU per statement, three
+  such statements per batch, in proportion to the store's size. ``unnest`` of a parameter is
+  taken for 10 rows, and the applying transaction plans its statements generically (once per
+  connection; see :data:`LOCK_HEAD`): index probes per row, whatever the batch.
 """
 
 from __future__ import annotations
@@ -33,9 +40,16 @@ from sqlalchemy.exc import DBAPIError
 
 from . import json_codec
 
-KEYS = "jsonb_to_recordset(%s::jsonb) AS k(source text, table_name text, record_key text)"
+KEYS = "unnest(%b::text[], %b::text[], %b::text[]) AS k(source, table_name, record_key)"
 
-LOCK_HEAD = "SELECT sequence FROM up_change_log_head WHERE id = 1 FOR UPDATE"
+# Also sets the transaction's plan_cache_mode (set_config(..., true) is SET LOCAL, in the same
+# round trip): the statements below are prepared once per connection and their generic plans
+# (index probes per row) serve every batch. Left to choose, PostgreSQL re-planned the lookups
+# for each small batch, ~100-260 µs of CPU per statement, to pick the same plan.
+LOCK_HEAD = """
+SELECT sequence, set_config('plan_cache_mode', 'force_generic_plan', true)
+FROM up_change_log_head WHERE id = 1 FOR UPDATE
+"""
 
 LOAD_RECORDS = f"""
 SELECT r.source, r.table_name, r.record_key, r.profile_id, r.fields, r.identifiers, r.version,
@@ -48,7 +62,7 @@ JOIN {KEYS}
 RECORDS_SHARING = """
 SELECT DISTINCT r.source, r.table_name, r.record_key
 FROM up_record_identifiers r
-JOIN jsonb_to_recordset(%s::jsonb) AS i(type text, value text)
+JOIN unnest(%b::text[], %b::text[]) AS i(type, value)
   ON r.type = i.type AND r.value = i.value
 """
 
@@ -57,7 +71,7 @@ PROFILES_HOLDING = """
 SELECT i.type, i.value, count(DISTINCT r.profile_id) AS profiles, min(r.profile_id) AS profile_id,
        bool_or(r.profile_id IS NULL) AS unassigned
 FROM up_record_identifiers i
-JOIN jsonb_to_recordset(%s::jsonb) AS v(type text, value text)
+JOIN unnest(%b::text[], %b::text[]) AS v(type, value)
   ON i.type = v.type AND i.value = v.value
 JOIN up_source_records r
   ON r.source = i.source AND r.table_name = i.table_name AND r.record_key = i.record_key
@@ -93,8 +107,8 @@ SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[])
 
 SET_RECORD_PROFILES = """
 UPDATE up_source_records r SET profile_id = u.profile_id
-FROM jsonb_to_recordset(%s::jsonb)
-     AS u(source text, table_name text, record_key text, profile_id text)
+FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[])
+     AS u(source, table_name, record_key, profile_id)
 WHERE r.source = u.source AND r.table_name = u.table_name AND r.record_key = u.record_key
 """
 
@@ -115,14 +129,14 @@ DELETE_PROFILES = "DELETE FROM up_profiles WHERE profile_id = ANY(%s::text[])"
 # Earlier aliases of a merged profile follow it to its survivor.
 REPOINT_ALIASES = """
 UPDATE up_profile_aliases a SET profile_id = u.profile_id
-FROM jsonb_to_recordset(%s::jsonb) AS u(alias_id text, profile_id text)
+FROM unnest(%b::text[], %b::text[]) AS u(alias_id, profile_id)
 WHERE a.profile_id = u.alias_id
 """
 
 UPSERT_ALIASES = """
 INSERT INTO up_profile_aliases (alias_id, profile_id, sequence)
 SELECT alias_id, profile_id, %s::bigint
-FROM jsonb_to_recordset(%s::jsonb) AS u(alias_id text, profile_id text)
+FROM unnest(%b::text[], %b::text[]) AS u(alias_id, profile_id)
 ON CONFLICT (alias_id) DO UPDATE SET
     profile_id = EXCLUDED.profile_id, sequence = EXCLUDED.sequence
 """
@@ -254,6 +268,6 @@ def columns(items: Iterable[Sequence[Any]]) -> list[list[Any]]:
     return [list(column) for column in zip(*items, strict=True)]
 
 
-def keys(items: Iterable[Any]) -> str:
-    """Record keys (``source``/``table``/``key``) as rows for :data:`KEYS`."""
-    return rows({"source": k.source, "table_name": k.table, "record_key": k.key} for k in items)
+def keys(items: Iterable[Any]) -> list[list[str]]:
+    """Record keys (at least one) as the three columns of :data:`KEYS`: sources, tables, keys."""
+    return columns((k.source, k.table, k.key) for k in items)

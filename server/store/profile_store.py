@@ -169,7 +169,7 @@ class ProfileStore:
         if not keys:
             return {}
         with self.engine.connect() as connection:
-            rows = sql.run(connection, sql.LOAD_RECORDS, sql.keys(keys))
+            rows = sql.run(connection, sql.LOAD_RECORDS, *sql.keys(keys))
         return {found.record.key: found for found in map(stored_record, rows)}
 
     def live_record_keys(self, source: str, table: str) -> set[RecordKey]:

@@ -53,15 +53,15 @@ class StoreBatch:
         """The stored images of these records (missing ones are absent)."""
         if not keys:
             return {}
-        found = (stored_record(r) for r in sql.run(self._c, sql.LOAD_RECORDS, sql.keys(keys)))
+        found = (stored_record(r) for r in sql.run(self._c, sql.LOAD_RECORDS, *sql.keys(keys)))
         return {s.record.key: s for s in found}
 
     def records_sharing(self, identifiers: Collection[Identifier]) -> set[RecordKey]:
         """Records holding any of these identifiers."""
         if not identifiers:
             return set()
-        document = sql.rows({"type": i.type, "value": i.value} for i in identifiers)
-        return {RecordKey(*row) for row in sql.run(self._c, sql.RECORDS_SHARING, document)}
+        values = sql.columns((i.type, i.value) for i in identifiers)
+        return {RecordKey(*row) for row in sql.run(self._c, sql.RECORDS_SHARING, *values)}
 
     def sole_profiles_holding(self, identifiers: Collection[Identifier]) -> dict[Identifier, str]:
         """For each identifier whose live holders are all in one profile: that profile.
@@ -71,10 +71,10 @@ class StoreBatch:
         """
         if not identifiers:
             return {}
-        document = sql.rows({"type": i.type, "value": i.value} for i in identifiers)
+        values = sql.columns((i.type, i.value) for i in identifiers)
         return {
             Identifier(row.type, row.value): row.profile_id
-            for row in sql.run(self._c, sql.PROFILES_HOLDING, document)
+            for row in sql.run(self._c, sql.PROFILES_HOLDING, *values)
             if row.profiles == 1 and not row.unassigned
         }
 
@@ -179,7 +179,7 @@ class StoreBatch:
         relinked = [r for r, _ in items if r.key not in links_unchanged]
         if not relinked:
             return
-        sql.send(self._c, sql.DELETE_IDENTIFIERS, sql.keys(r.key for r in relinked))
+        sql.send(self._c, sql.DELETE_IDENTIFIERS, *sql.keys(r.key for r in relinked))
         # Deleted records keep their image (so older redeliveries stay ignored) but link nothing.
         links = [
             (i.type, i.value, r.key.source, r.key.table, r.key.key)
@@ -194,11 +194,8 @@ class StoreBatch:
         """Move records to other profiles (records whose image did not change)."""
         if not assignment:
             return
-        document = sql.rows(
-            {"source": k.source, "table_name": k.table, "record_key": k.key, "profile_id": p}
-            for k, p in assignment.items()
-        )
-        sql.send(self._c, sql.SET_RECORD_PROFILES, document)
+        moves = sql.columns((k.source, k.table, k.key, p) for k, p in assignment.items())
+        sql.send(self._c, sql.SET_RECORD_PROFILES, *moves)
 
     def save_profiles(self, profiles: Iterable[StoredProfile]) -> None:
         """Upsert profiles."""
@@ -221,14 +218,11 @@ class StoreBatch:
         if not merged_into:
             return
         sql.send(self._c, sql.DELETE_PROFILES, list(merged_into))
-        aliases = sql.rows(
-            {"alias_id": old, "profile_id": new}
-            for old, new in merged_into.items()
-            if new is not None
-        )
-        if aliases != "[]":
-            sql.send(self._c, sql.REPOINT_ALIASES, aliases)
-            sql.send(self._c, sql.UPSERT_ALIASES, sequence, aliases)
+        survived = [(old, new) for old, new in merged_into.items() if new is not None]
+        if survived:
+            aliases = sql.columns(survived)
+            sql.send(self._c, sql.REPOINT_ALIASES, *aliases)
+            sql.send(self._c, sql.UPSERT_ALIASES, sequence, *aliases)
 
     def append_changes(self, changes: list[ChangeRow]) -> int:
         """Append changes with the next sequences; returns the new head."""
