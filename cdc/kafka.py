@@ -315,7 +315,9 @@ class KafkaEventSource:
     Positions live in two places: Kafka's committed offsets (so any Kafka tool shows the lag) and
     the store (committed with the effects, so they are exact). On assignment the consumer seeks to
     the store's position, which wins: Kafka's offset commit happens after the store commit and may
-    be lost in a crash, the store's cannot.
+    be lost in a crash, the store's cannot. So each batch's offsets go to Kafka without waiting for
+    the group coordinator's answer, which held up the next poll (~10 ms of the end-to-end p50 at
+    700 changes/s); a commit that fails is logged, and the next batch's commit covers it.
 
     Args:
         config: The Kafka transport settings (``group_id`` names the group).
@@ -376,7 +378,10 @@ class KafkaEventSource:
         return lag
 
     def commit(self, records: Sequence[ConsumedRecord]) -> None:
-        """Commit, to Kafka, the offsets after these records (call after the store commit)."""
+        """Commit, to Kafka, the offsets after these records (call after the store commit).
+
+        Sent without waiting for the answer; failures are logged (see the class notes).
+        """
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
@@ -385,7 +390,7 @@ class KafkaEventSource:
         if not offsets:
             return
         try:
-            self._consumer.commit(offsets)
+            self._consumer.commit_async(offsets, callback=_log_commit_failure)
         except KafkaError as exc:
             # Harmless: the store holds the exact positions and is used on the next assignment.
             log.warning("kafka.commit_failed", error=str(exc))
@@ -404,6 +409,13 @@ class KafkaEventSource:
     def close(self) -> None:
         """Leave the group (its partitions are reassigned to the other members)."""
         self._consumer.close()
+
+
+def _log_commit_failure(
+    _offsets: dict[TopicPartition, OffsetAndMetadata], response: object
+) -> None:
+    if isinstance(response, Exception):
+        log.warning("kafka.commit_failed", error=str(response))
 
 
 class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
