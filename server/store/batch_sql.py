@@ -45,7 +45,7 @@ KEYS = "unnest(%b::text[], %b::text[], %b::text[]) AS k(source, table_name, reco
 # Also sets the transaction's plan_cache_mode (set_config(..., true) is SET LOCAL, in the same
 # round trip): the statements below are prepared once per connection and their generic plans
 # (index probes per row) serve every batch. Left to choose, PostgreSQL re-planned the lookups
-# for each small batch, ~100-260 µs of CPU per statement, to pick the same plan.
+# for each small batch, ~80-260 µs of CPU per statement, to pick the same plan.
 LOCK_HEAD = """
 SELECT sequence, set_config('plan_cache_mode', 'force_generic_plan', true)
 FROM up_change_log_head WHERE id = 1 FOR UPDATE
