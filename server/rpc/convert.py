@@ -188,9 +188,10 @@ def fill_profile(
     # is built once and copied (a copy is ~4x cheaper than a build).
     document = stored.document
     contributors = document.get("contributors", [])
+    indexes_of: dict[str, list[int]] = document.get("provenance", {})
     built: dict[int, profile_pb2.Provenance] = {}
     provenance = profile.provenance
-    for path, indexes in document.get("provenance", {}).items():
+    for path, indexes in indexes_of.items():
         if indexes:
             message = built.get(indexes[0])
             if message is None:
@@ -208,8 +209,8 @@ def fill_profile(
     for channel, leaves in _CONSENT_PATHS:
         # Consent.source: the source whose value won (of the choice, else of its time).
         for leaf in leaves:
-            if indexes := document.get("provenance", {}).get(leaf):
-                getattr(profile.consent, channel).source = str(contributors[indexes[0]][0])
+            if chosen := indexes_of.get(leaf):
+                getattr(profile.consent, channel).source = str(contributors[chosen[0]][0])
                 break
 
 

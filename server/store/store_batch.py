@@ -34,7 +34,11 @@ CHANGE_CHANNEL = "up_change_log"
 
 
 class StoreBatch:
-    """The statements of one applying transaction.
+    """The statements of one applying transaction: ``with StoreBatch(connection) as batch:``.
+
+    Creating it locks the change-log head (serialising applying transactions) and makes the
+    transaction plan its statements generically (see ``batch_sql.LOCK_HEAD``); the block's end
+    sends the writes it deferred, before the caller commits.
 
     Attributes:
         head: The change-log head: the last sequence appended (by this batch or before it).
