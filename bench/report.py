@@ -70,11 +70,13 @@ class Report:
     def markdown(self) -> str:
         """The results table (and a short header naming the run)."""
         run = self.run
+        postgres = run.get("postgres", {})
         lines = [
             f"# Benchmark {run.get('date', '')} {run.get('commit', '')} ({run.get('mode', '')})",
             "",
             f"seed {run.get('seed')}, {run.get('cpu_count')} CPUs, Python {run.get('python')}, "
-            f"PostgreSQL {run.get('postgres', {}).get('version', '?')}, "
+            f"PostgreSQL {postgres.get('version', '?')} (shared_buffers "
+            f"{postgres.get('shared_buffers', '?')}, max_wal_size {postgres.get('max_wal_size', '?')}), "
             f"broker: {run.get('broker', '?')}, kafka-python {run.get('kafka_python', '?')} "
             f"(CRC-32C: {run.get('kafka_python_crc32c', '?')})",
             "",

@@ -8,6 +8,7 @@ import math
 from bench import end_to_end, growth
 from bench.apply_data import SourceNames
 from bench.apply_proc import EngineResult, joined
+from bench.services import store_sizing
 from bench.serving_e2e import EndToEndJob, _ChangeTimes, _latencies, _Pass
 from bench.serving_subs import Received
 from bench.timing import backend_cpu_between
@@ -187,3 +188,10 @@ def test_end_to_end_notes_split_the_latency_at_the_store_commit_when_known() -> 
         "source commit → store transaction start p50 15 ms / p99 50 ms, "
         "→ store commit p50 18 ms / p99 45 ms, → subscriber p50 20 ms / p99 52 ms"
     ) in line
+
+
+def test_the_bench_store_gets_a_quarter_of_memory_within_bounds() -> None:
+    assert store_sizing(24 * 1024)["shared_buffers"] == "4096MB"  # capped
+    assert store_sizing(8 * 1024)["shared_buffers"] == "2048MB"
+    assert store_sizing(256)["shared_buffers"] == "128MB"  # never below PostgreSQL's default
+    assert store_sizing(8 * 1024)["max_wal_size"] == "8GB"
