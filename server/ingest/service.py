@@ -12,7 +12,7 @@ from unified_profile.cdc.errors import ConfigError, SinkError
 from unified_profile.cdc.kafka import KafkaEventSource
 
 from ..config import ServiceConfig
-from ..store import migrate
+from ..store import migrate, sizing
 from ..store.profile_store import ProfileStore, StoreError
 from .applier import ProfileApplier
 from .consumers import KafkaIngest
@@ -44,7 +44,24 @@ def open_store(config: ServiceConfig) -> ProfileStore:
             f"the profile store is at schema revision {revision or 'none'}, this version needs "
             f"{migrate.HEAD_REVISION}; run: unified-profile migrate --config {config.file}"
         )
+    _warn_if_undersized(store)
     return store
+
+
+def _warn_if_undersized(store: ProfileStore) -> None:
+    """Log a warning when the store's indexes outgrow its server's ``shared_buffers``."""
+    try:
+        measured = sizing.measure(store.engine)
+    except Exception as exc:  # advisory only: never stop a start-up over it
+        log.debug("store.sizing_unknown", error=type(exc).__name__)
+        return
+    if measured.undersized:
+        log.warning(
+            "store.undersized",
+            index_mib=measured.index_bytes // (1024 * 1024),
+            shared_buffers_mib=measured.shared_buffers_bytes // (1024 * 1024),
+            advice=measured.advice(),
+        )
 
 
 def build_pipeline(config: ServiceConfig, store: ProfileStore, consumer: str) -> IngestPipeline:

@@ -1,0 +1,84 @@
+"""Starting on a store whose indexes outgrow its server's shared_buffers warns the operator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from unified_profile.server.config import load_service_config
+from unified_profile.server.devstack import EmbeddedPostgres
+from unified_profile.server.ingest import service as service_module
+from unified_profile.server.ingest.service import open_store
+from unified_profile.server.store import migrate
+
+pytestmark = pytest.mark.integration
+
+CONFIG = """
+[store]
+dsn = "{dsn}"
+
+[identity.email]
+
+[[sources]]
+name = "crm"
+dsn = "dbname=unused"
+
+[[sources.tables]]
+table = "public.customers"
+identifiers = {{ email = "email" }}
+"""
+
+# ~5 MB of identifier indexes: more than the small server's buffers, far less than the default.
+_IDENTIFIERS = """
+INSERT INTO up_record_identifiers (type, value, source, table_name, record_key)
+SELECT 'email', 'person' || g || '@example.com', 'crm', 'public.customers', '{"id":' || g || '}'
+FROM generate_series(1, 20000) AS g
+"""
+
+
+class _Recorder:
+    """Stands in for the service's logger (whose level the process configured once)."""
+
+    def __init__(self) -> None:
+        self.warnings: list[dict[str, Any]] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.warnings.append({"event": event, **fields})
+
+    def debug(self, event: str, **fields: Any) -> None:
+        pass
+
+    def info(self, event: str, **fields: Any) -> None:
+        pass
+
+
+def _start_warnings(tmp_path: Path, dsn: str, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    migrate.upgrade(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(_IDENTIFIERS)
+    path = tmp_path / "service.toml"
+    path.write_text(CONFIG.format(dsn=dsn))
+    recorder = _Recorder()
+    monkeypatch.setattr(service_module, "log", recorder)
+    open_store(load_service_config(path)).close()
+    return [w for w in recorder.warnings if w["event"] == "store.undersized"]
+
+
+def test_a_store_outgrowing_shared_buffers_is_reported_at_start(tmp_path, monkeypatch):
+    server = EmbeddedPostgres(tmp_path / "pg", settings={"fsync": "off", "shared_buffers": "2MB"})
+    with server:
+        warnings = _start_warnings(tmp_path, server.create_database("small"), monkeypatch)
+    assert len(warnings) == 1
+    warning = warnings[0]
+    assert warning["shared_buffers_mib"] == 2
+    assert warning["index_mib"] >= 4
+    assert "shared_buffers" in warning["advice"]
+    assert "Running in production" in warning["advice"]
+
+
+def test_a_store_that_fits_starts_without_the_warning(new_database, tmp_path, monkeypatch):
+    # The suite's server runs with PostgreSQL's default 128 MB.
+    assert _start_warnings(tmp_path, new_database("fits"), monkeypatch) == []
