@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,6 +15,8 @@ from unified_profile.server.ingest import pipeline as pipeline_module
 from unified_profile.server.ingest.pipeline import StreamEvent
 from unified_profile.server.ingest.service import build_pipeline, open_store
 from unified_profile.server.store import migrate
+
+from .log_support import LogRecorder
 
 pytestmark = pytest.mark.integration
 
@@ -67,23 +68,10 @@ def _cli(capsys, *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
-class _Recorder:
-    """Stands in for the pipeline's logger (whose level the process configured once)."""
-
-    def __init__(self) -> None:
-        self.lines: list[dict[str, Any]] = []
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self.lines.append({"event": event, **fields})
-
-    def debug(self, event: str, **fields: Any) -> None:
-        pass
-
-
 def test_poison_events_are_listed_and_replayed_after_the_mapping_is_fixed(
     new_database, tmp_path, capsys, monkeypatch
 ):
-    recorder = _Recorder()
+    recorder = LogRecorder()
     monkeypatch.setattr(pipeline_module, "log", recorder)
     dsn = new_database("dead_letters")
     migrate.upgrade(dsn)
@@ -109,7 +97,7 @@ def test_poison_events_are_listed_and_replayed_after_the_mapping_is_fixed(
         assert result.dead_letters == 3
         # The log says which column and transform refused what; the rejected values (which may
         # be personal data) stay in the store, for whoever fixes the mapping.
-        logged = [line["reason"] for line in recorder.lines if line["event"] == "ingest.dead_letter"]
+        logged = [line["reason"] for line in recorder.warnings if line["event"] == "ingest.dead_letter"]
         assert len(logged) == 3
         assert "column 'phone'" in logged[0] and "e164" in logged[0]
         assert "ring zz-7" not in repr(logged) and "call me" not in repr(logged)

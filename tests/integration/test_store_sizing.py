@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -13,6 +12,8 @@ from unified_profile.server.devstack import EmbeddedPostgres
 from unified_profile.server.ingest import service as service_module
 from unified_profile.server.ingest.service import open_store
 from unified_profile.server.store import migrate
+
+from .log_support import LogRecorder
 
 pytestmark = pytest.mark.integration
 
@@ -39,29 +40,13 @@ FROM generate_series(1, 20000) AS g
 """
 
 
-class _Recorder:
-    """Stands in for the service's logger (whose level the process configured once)."""
-
-    def __init__(self) -> None:
-        self.warnings: list[dict[str, Any]] = []
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self.warnings.append({"event": event, **fields})
-
-    def debug(self, event: str, **fields: Any) -> None:
-        pass
-
-    def info(self, event: str, **fields: Any) -> None:
-        pass
-
-
 def _start_warnings(tmp_path: Path, dsn: str, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     migrate.upgrade(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(_IDENTIFIERS)
     path = tmp_path / "service.toml"
     path.write_text(CONFIG.format(dsn=dsn))
-    recorder = _Recorder()
+    recorder = LogRecorder()
     monkeypatch.setattr(service_module, "log", recorder)
     open_store(load_service_config(path)).close()
     return [w for w in recorder.warnings if w["event"] == "store.undersized"]
