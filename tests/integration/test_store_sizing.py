@@ -39,11 +39,19 @@ SELECT 'email', 'person' || g || '@example.com', 'crm', 'public.customers', '{"i
 FROM generate_series(1, 20000) AS g
 """
 
+# ~4 MB of change-log indexes: a long history, which only grows at its end.
+_HISTORY = """
+INSERT INTO up_change_log (sequence, profile_id, kind, changes, related, cause)
+SELECT g, 'p_' || g, 'UPDATED', '[]', '[]', '{}' FROM generate_series(1, 60000) AS g
+"""
 
-def _start_warnings(tmp_path: Path, dsn: str, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+
+def _start_warnings(
+    tmp_path: Path, dsn: str, monkeypatch: pytest.MonkeyPatch, rows: str = _IDENTIFIERS
+) -> list[dict]:
     migrate.upgrade(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(_IDENTIFIERS)
+        conn.execute(rows)
     path = tmp_path / "service.toml"
     path.write_text(CONFIG.format(dsn=dsn))
     recorder = LogRecorder()
@@ -62,6 +70,13 @@ def test_a_store_outgrowing_shared_buffers_is_reported_at_start(tmp_path, monkey
     assert warning["index_mib"] >= 4
     assert "shared_buffers" in warning["advice"]
     assert "Running in production" in warning["advice"]
+
+
+def test_a_long_change_log_alone_is_no_reason_to_warn(tmp_path, monkeypatch):
+    server = EmbeddedPostgres(tmp_path / "pg", settings={"fsync": "off", "shared_buffers": "2MB"})
+    with server:
+        dsn = server.create_database("history")
+        assert _start_warnings(tmp_path, dsn, monkeypatch, rows=_HISTORY) == []
 
 
 def test_a_store_that_fits_starts_without_the_warning(new_database, tmp_path, monkeypatch):
