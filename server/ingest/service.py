@@ -58,8 +58,8 @@ def _warn_if_undersized(store: ProfileStore) -> None:
     if measured.undersized:
         log.warning(
             "store.undersized",
-            index_mib=measured.index_bytes // (1024 * 1024),
-            shared_buffers_mib=measured.shared_buffers_bytes // (1024 * 1024),
+            index_mib=measured.index_mib,
+            shared_buffers_mib=measured.shared_buffers_mib,
             advice=measured.advice(),
         )
 

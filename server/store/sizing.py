@@ -52,11 +52,21 @@ class StoreSizing:
         """The indexes do not fit in ``shared_buffers``."""
         return self.index_bytes > self.shared_buffers_bytes
 
+    @property
+    def index_mib(self) -> int:
+        """The indexes' size in whole MiB."""
+        return self.index_bytes // _MIB
+
+    @property
+    def shared_buffers_mib(self) -> int:
+        """``shared_buffers`` in whole MiB."""
+        return self.shared_buffers_bytes // _MIB
+
     def advice(self) -> str:
         """What the operator should change (meant for an undersized store)."""
         return (
-            f"the store's indexes ({self.index_bytes // _MIB} MiB) do not fit in the store "
-            f"server's shared_buffers ({self.shared_buffers_bytes // _MIB} MiB), so applying "
+            f"the store's indexes ({self.index_mib} MiB) do not fit in the store "
+            f"server's shared_buffers ({self.shared_buffers_mib} MiB), so applying "
             "and reading profiles copy most index pages in from the operating system's cache; "
             "give shared_buffers about a quarter of the server's memory and max_wal_size "
             "several GB (README: Running in production, Store)"
