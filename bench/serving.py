@@ -13,15 +13,18 @@ import math
 import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import grpc
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from unified_profile.server.config import parse_service_config
 from unified_profile.server.store import migrate
+from unified_profile.v1 import profile_service_pb2 as pb
+from unified_profile.v1 import profile_service_pb2_grpc
 
 from . import apply, apply_data
 from .report import Figure
@@ -45,6 +48,11 @@ TOKEN = "bench-serving-token-0123456789"
 _LOAD_PROCESSES = 2
 _CHANNELS_PER_PROCESS = 4
 _METHOD_NAMES = {"echo": "echo (health Check)", "get": "GetProfile", "lookup": "LookupProfile"}
+CACHED_READ_SET = 1_000
+"""Profiles the cached-read figures read (all held by the server's read cache): the customers a
+service desk or the tills have in hand, read again and again."""
+_CACHED = "1 cached"
+"""The cached-read figures' key beside the server process counts in the reads' results."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +124,7 @@ def run(ctx: Context, sizes: ServingSizes | None = None) -> ScenarioResult:
         store, preload = prepare_store(
             ctx, make_conninfo(ctx.services.dsn, dbname=database), sizes.profiles, "serving"
         )
-        reads = measure_reads(store, sizes)
+        reads = measure_reads(store, sizes) | measure_cached_reads(store, sizes)
         fanout = measure_fanout(store, sizes, ctx.seed)
     finally:
         drop_database(admin, database)
@@ -139,6 +147,9 @@ def prepare_store(ctx: Context, dsn: str, profiles: int, tag: str) -> tuple[Stor
         "tokens": [
             {"name": "bench", "token": TOKEN, "scopes": ["profiles.read", "profiles.subscribe"]}
         ],
+        # Every read goes to the store: uniform reads over the whole store are what a cache
+        # cannot hide (the cached figures are measured apart, see measure_cached_reads).
+        "read_cache_profiles": 0,
     }
     parsed = parse_service_config(config, "bench")
     migrate.upgrade(dsn)
@@ -155,25 +166,61 @@ def prepare_store(ctx: Context, dsn: str, profiles: int, tag: str) -> tuple[Stor
 def measure_reads(store: Store, sizes: ServingSizes) -> dict[str, Any]:
     """QPS and latency of echo, GetProfile and LookupProfile, per server processes and concurrency.
 
-    The three methods are measured one after the other for each concurrency, repeated
-    ``sizes.repeats`` times, so that the echo baseline sees the same machine as the reads.
+    Keys are drawn uniformly from every stored profile, and the servers run without a read
+    cache (``store.config``): each read goes to the store.
     """
-    out: dict[str, Any] = {}
-    for processes in sizes.server_processes:
-        runs: dict[str, dict[int, list[dict[str, Any]]]] = {}
-        with ServerGroup(store.config, processes) as servers:
-            _check_answers(servers.target, store)
-            for repeat in range(sizes.repeats):
-                for concurrency in sizes.concurrency:
-                    for method in sizes.methods:
-                        measured = _measure(servers, store, method, concurrency, sizes, repeat)
-                        runs.setdefault(method, {}).setdefault(concurrency, []).append(measured)
-            peak = max((p for p in map(process_memory_mib, servers.pids) if p), default=None)
-        out[str(processes)] = {
-            method: {str(c): _combine(rs) for c, rs in by_c.items()}
-            for method, by_c in runs.items()
-        } | {"server_peak_rss_mib": peak}
-    return out
+    return {
+        str(processes): _measure_reads_on(store, sizes, processes)
+        for processes in sizes.server_processes
+    }
+
+
+def measure_cached_reads(store: Store, sizes: ServingSizes) -> dict[str, Any]:
+    """The same on one server process with its read cache, reading :data:`CACHED_READ_SET`
+    profiles, each read once before the measurements (so that every read is a cache hit)."""
+    hot = min(CACHED_READ_SET, len(store.profile_ids))
+    config = store.config | {"grpc": store.config["grpc"] | {"read_cache_profiles": hot}}
+    cached = replace(
+        store, config=config, profile_ids=store.profile_ids[:hot], crm_ids=store.crm_ids[:hot]
+    )
+    return {_CACHED: _measure_reads_on(cached, sizes, 1, warm=True)}
+
+
+def _measure_reads_on(
+    store: Store, sizes: ServingSizes, processes: int, warm: bool = False
+) -> dict[str, Any]:
+    """The three methods one after the other for each concurrency, repeated ``sizes.repeats``
+    times, so that the echo baseline sees the same machine as the reads."""
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    with ServerGroup(store.config, processes) as servers:
+        _check_answers(servers.target, store)
+        if warm:
+            _read_each_once(servers.target, store)
+            _check_answers(servers.target, store)  # now answered by the cache
+        for repeat in range(sizes.repeats):
+            for concurrency in sizes.concurrency:
+                for method in sizes.methods:
+                    measured = _measure(servers, store, method, concurrency, sizes, repeat)
+                    runs.setdefault(method, {}).setdefault(concurrency, []).append(measured)
+        peak = max((p for p in map(process_memory_mib, servers.pids) if p), default=None)
+    return {
+        method: {str(c): _combine(rs) for c, rs in by_c.items()}
+        for method, by_c in runs.items()
+    } | {"server_peak_rss_mib": peak}
+
+
+def _read_each_once(target: str, store: Store) -> None:
+    """GetProfile every profile id and LookupProfile every CRM id of ``store`` once."""
+    metadata = [("authorization", f"Bearer {TOKEN}")]
+    with grpc.insecure_channel(target) as channel:
+        stub = profile_service_pb2_grpc.ProfileServiceStub(channel)
+        for profile_id in store.profile_ids:
+            stub.GetProfile(pb.GetProfileRequest(profile_id=profile_id), metadata=metadata)
+        for crm_id in store.crm_ids:
+            stub.LookupProfile(
+                pb.LookupProfileRequest(identifier_type="crm_id", value=crm_id),
+                metadata=metadata,
+            )
 
 
 def _measure(
@@ -269,11 +316,6 @@ def _merge_errors(results: list[LoadResult]) -> dict[str, int]:
 
 def _check_answers(target: str, store: Store) -> None:
     """The load generators do not parse responses: check here that the reads answer right."""
-    import grpc
-
-    from unified_profile.v1 import profile_service_pb2 as pb
-    from unified_profile.v1 import profile_service_pb2_grpc
-
     metadata = (("authorization", f"Bearer {TOKEN}"),)
     with grpc.insecure_channel(target) as channel:
         stub = profile_service_pb2_grpc.ProfileServiceStub(channel)
@@ -294,7 +336,7 @@ def _check_answers(target: str, store: Store) -> None:
 def _read_figures(reads: dict[str, Any]) -> list[Figure]:
     figures: list[Figure] = []
     for processes, by_method in reads.items():
-        where = f"{processes} server process{'es' if processes != '1' else ''}"
+        where = _where(processes)
         if "echo" not in by_method:
             continue
         echo = by_method["echo"]
@@ -463,7 +505,9 @@ def _rss_figures(reads: dict[str, Any], fanout: dict[str, Any]) -> list[Figure]:
 def _notes(sizes: ServingSizes, reads: dict[str, Any], fanout: dict[str, Any]) -> list[str]:
     notes = [
         f"serving: {sizes.profiles:,} profiles stored; echo = grpc.health.v1.Health/Check on the "
-        "same server (no store access, no token check); load from "
+        "same server (no store access, no token check); reads draw uniformly from every profile "
+        f"with no read cache, except the read-cache figures: {CACHED_READ_SET:,} profiles, each "
+        "read once before the windows (every read a hit); load from "
         f"{_LOAD_PROCESSES} generator processes (1 at 1 in flight), closed loop, "
         f"{sizes.read_seconds:g} s windows x {sizes.repeats}, median QPS reported",
     ]
@@ -477,7 +521,7 @@ def _notes(sizes: ServingSizes, reads: dict[str, Any], fanout: dict[str, Any]) -
                     f"{m['postgres_cpu_us_per_call'] or 0:.0f} + clients "
                     f"{m['load_cpu_us_per_call'] or 0:.0f}"
                 )
-        notes.append(f"reads, {processes} server process(es): " + "; ".join(parts))
+        notes.append(f"reads, {_where(processes)}: " + "; ".join(parts))
     for stats in fanout.values():
         shares = stats["host_cpu_percent"] or {}
         notes.append(
@@ -488,6 +532,13 @@ def _notes(sizes: ServingSizes, reads: dict[str, Any], fanout: dict[str, Any]) -
             f"{shares.get('idle', 0):.0f}% idle, {shares.get('steal', 0):.0f}% stolen"
         )
     return notes
+
+
+def _where(processes: str) -> str:
+    """How a reads' key reads in a figure's name."""
+    if processes == _CACHED:
+        return f"1 server process, read cache, {CACHED_READ_SET:,} profiles read"
+    return f"{processes} server process{'es' if processes != '1' else ''}"
 
 
 def create_database(admin_dsn: str, name: str) -> None:

@@ -12,7 +12,7 @@ kinds, RPC methods and status codes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import structlog
@@ -127,6 +127,41 @@ class ConnectorCollector(Collector):
 
 CONNECTORS = ConnectorCollector()
 REGISTRY.register(CONNECTORS)
+
+
+class ReadCacheCollector(Collector):
+    """Exports the read cache's counters (``server.rpc.profile_cache``), read at scrape time.
+
+    Counted by the cache itself on the event loop (plain integers, no per-read metric call);
+    ``read`` returns ``(hits, misses, entries, serving)`` or ``None`` when no cache runs.
+    """
+
+    def __init__(self) -> None:
+        self.read: Callable[[], tuple[int, int, int, bool] | None] = lambda: None
+
+    def collect(self) -> Iterator[Any]:
+        found = self.read()
+        if found is None:
+            return
+        hits, misses, entries, serving = found
+        reads = CounterMetricFamily(
+            "up_read_cache_reads",
+            "GetProfile and LookupProfile calls that looked in the read cache, by result",
+            labels=["result"],
+        )
+        reads.add_metric(["hit"], hits)
+        reads.add_metric(["miss"], misses)
+        yield reads
+        yield GaugeMetricFamily("up_read_cache_entries", "Answers the read cache holds", entries)
+        yield GaugeMetricFamily(
+            "up_read_cache_serving",
+            "1 while the read cache's listener listens (the cache answers), else 0",
+            int(serving),
+        )
+
+
+READ_CACHE = ReadCacheCollector()
+REGISTRY.register(READ_CACHE)
 
 
 def _tables(source: str, counts: Iterable[tuple[str, int]]) -> Iterator[tuple[str, int]]:

@@ -123,6 +123,9 @@ class ChangeFeed(Generic[T]):
         convert: Turns a change into what subscribers receive (a protobuf message); called once
             per change on the live path, in a worker thread, so it must not touch the event loop.
         config: Buffering and timing.
+        on_read: Called on the event loop with the changes of each log read, before any of them
+            is delivered (the read cache drops what they changed, so that a subscriber's next
+            read on this server sees at least what it was told of).
     """
 
     def __init__(
@@ -131,10 +134,12 @@ class ChangeFeed(Generic[T]):
         dsn: str,
         convert: Callable[[LoggedChange], T],
         config: ChangeFeedConfig | None = None,
+        on_read: Callable[[list[LoggedChange]], None] | None = None,
     ) -> None:
         self._store = store
         self._dsn = dsn
         self._convert = convert
+        self._on_read = on_read
         self.config = config or ChangeFeedConfig()
         self._head = 0
         self._wake = asyncio.Event()
@@ -225,6 +230,7 @@ class ChangeFeed(Generic[T]):
             try:
                 while True:
                     batch = await asyncio.to_thread(self._read_log, self._head, None, None)
+                    self._seen(batch)
                     if not batch.entries:
                         break
                     self._publish(batch.entries)
@@ -307,9 +313,15 @@ class ChangeFeed(Generic[T]):
     async def _catch_up_read(self, subscription: Subscription[T]) -> _Read[T]:
         """The next rows after the subscription's position that pass its filter, converted."""
         async with self._readers:
-            return await asyncio.to_thread(
+            read = await asyncio.to_thread(
                 self._read_log, subscription.position, subscription.filter, self._head
             )
+        self._seen(read)
+        return read
+
+    def _seen(self, read: _Read[T]) -> None:
+        if self._on_read is not None and read.entries:
+            self._on_read([entry.change for entry in read.entries])
 
     # --- in worker threads ---------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from .auth import SERVICE, Authenticator, BearerAuthInterceptor
 from .call_metrics import CallMetricsInterceptor
 from .change_convert import subscribe_response
 from .change_encoding import EncodedStreamsInterceptor
+from .profile_cache import ProfileCache
 from .service import ChangeSubscriptions, ProfileService
 from .settings import GrpcConfig, TlsConfig
 from .subscriptions import ProfileSubscriptions
@@ -140,10 +141,18 @@ async def start_server(
     return RunningServer(server, int(port), f"{host}:{port}", service, health_servicer)
 
 
+def build_read_cache(config: GrpcConfig) -> ProfileCache | None:
+    """The read cache ``[grpc]`` asks for (``None`` when ``read_cache_profiles`` is 0)."""
+    if config.read_cache_profiles == 0:
+        return None
+    return ProfileCache(config.read_cache_profiles, config.read_cache_ttl_seconds)
+
+
 def build_service(
     config: ServiceConfig,
     store: ProfileStore,
     subscriptions: ChangeSubscriptions | None = None,
+    read_cache: ProfileCache | None = None,
 ) -> ProfileService:
     """The ProfileService for a whole service config."""
     return ProfileService(
@@ -154,6 +163,7 @@ def build_service(
         db_threads=config.grpc.db_threads,
         read_connections=config.grpc.read_connections,
         max_reply_bytes=config.grpc.max_message_bytes,
+        read_cache=read_cache,
     )
 
 
@@ -168,12 +178,25 @@ async def serve(
     Without ``subscriptions`` the server runs its own change feed (one per process).
     """
     feed: ChangeFeed[Any] | None = None
+    read_cache = build_read_cache(config.grpc)
+    if read_cache is not None:
+        cache = read_cache
+        metrics.READ_CACHE.read = lambda: (
+            cache.stats.hits, cache.stats.misses, len(cache), cache.serving
+        )
     if subscriptions is None:
-        feed = ChangeFeed(store, config.store.dsn, subscribe_response)
+        # What the feed is about to deliver leaves the cache first: a subscriber's next read
+        # here sees at least the change it was told of.
+        feed = ChangeFeed(
+            store, config.store.dsn, subscribe_response,
+            on_read=read_cache.changes_read if read_cache is not None else None,
+        )
         await feed.start()
         metrics.SUBSCRIBERS.set_function(lambda: feed.stats().subscriptions if feed else 0)
         subscriptions = ProfileSubscriptions(feed, store, config.grpc.max_message_bytes)
-    running = await start_server(config.grpc, build_service(config, store, subscriptions))
+    running = await start_server(
+        config.grpc, build_service(config, store, subscriptions, read_cache)
+    )
     # What starting allocated (modules, protobuf descriptors, config, the store's engine) lives
     # as long as the process. Left to the cyclic collector, every full pass rescans it all:
     # ~180k objects, ~70 ms with the event loop stopped, every second or two once streams
@@ -192,6 +215,7 @@ async def serve(
 __all__ = [
     "RunningServer",
     "ServerStartError",
+    "build_read_cache",
     "build_service",
     "serve",
     "server_credentials",

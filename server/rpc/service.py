@@ -10,6 +10,10 @@ transaction's ``statement_timeout``, so the query stops instead of holding a poo
 for a client that has gone. Steward writes check the deadline before they start and then run to
 completion: a transaction is committed or not, never abandoned half-way.
 
+GetProfile and LookupProfile answer from the process's read cache when it holds the answer
+(:mod:`.profile_cache`: kept coherent by the store's write notifications); a steward write empties
+it before replying.
+
 Steward semantics (see :mod:`.steward_ops`): MergeProfiles force-links one record of each
 profile; UnmergeProfiles never-links the named record with every other record of its profile;
 ForgetProfile erases the profile (:func:`~..store.erasure.forget_profile`).
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -30,8 +35,8 @@ from typing import Any, Protocol, TypeVar
 import structlog
 from grpc import aio
 
+from unified_profile.v1 import profile_pb2, profile_service_pb2_grpc
 from unified_profile.v1 import profile_service_pb2 as pb
-from unified_profile.v1 import profile_service_pb2_grpc
 
 from ..engine.identity import IdentifierType
 from ..engine.survivorship import RuleSet
@@ -43,6 +48,7 @@ from . import convert
 from .auth import current_principal
 from .errors import FailedPrecondition, InvalidArgument, ReplyTooLarge, is_expected, status_of
 from .explain import explain_profile
+from .profile_cache import CachedProfile, ProfileCache, follow_writes
 from .steward_ops import StewardOps
 from .validation import parse_identifier, validate_profile_id, validate_reason
 
@@ -113,6 +119,8 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
         read_connections: Connections of the default read pool.
         max_reply_bytes: The largest answer the server may send (``max_message_bytes``): a
             larger batch is refused with a message saying what to ask for instead.
+        read_cache: Answers GetProfile and LookupProfile when it can; :meth:`start` starts
+            its listener on ``store.dsn``. ``None``: every read goes to the store.
     """
 
     def __init__(
@@ -127,6 +135,7 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
         read_pool: ProfileReadPool | None = None,
         read_connections: int = 8,
         max_reply_bytes: int | None = None,
+        read_cache: ProfileCache | None = None,
     ) -> None:
         if read_pool is None:
             if store.dsn is None:
@@ -144,13 +153,28 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
         self._subscriptions = subscriptions
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(db_threads, "rpc-store")
+        if read_cache is not None and store.dsn is None:
+            raise TypeError("a read_cache needs a store opened with ProfileStore.connect")
+        self._cache = read_cache
+        self._cache_dsn = store.dsn
+        self._cache_listener: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Open the read pool in the running event loop (else the first read opens it)."""
+        """Open the read pool in the running event loop (else the first read opens it), and
+        start the read cache's listener (the cache serves once it listens)."""
         await self._read_pool.open()
+        if self._cache is not None and self._cache_listener is None and self._cache_dsn:
+            self._cache_listener = asyncio.create_task(
+                follow_writes(self._cache, self._cache_dsn), name="read-cache-listener"
+            )
 
     async def aclose(self) -> None:
         """Close what the service opened (after the server has stopped)."""
+        if self._cache_listener is not None:
+            self._cache_listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._cache_listener
+            self._cache_listener = None
         if self._own_read_pool:
             await self._read_pool.close()
         # The pool's threads may still finish a write whose call was cut off; wait for them.
@@ -183,12 +207,24 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
         """One profile by id or alias."""
         profile_id = validate_profile_id(request.profile_id, "profile_id")
         mask = convert.compile_field_mask(request.field_mask, "field_mask")
+        cache = self._cache
+        epoch = None
+        if cache is not None:
+            if (cached := cache.get(profile_id)) is not None:
+                response = pb.GetProfileResponse(
+                    resolved_from_alias=cached.profile_id != profile_id
+                )
+                _fill_cached(response.profile, cached, mask)
+                return response
+            epoch = cache.epoch()
         # The pool bounds the read by the call's remaining time (and cancels its statement).
         resolved = await self._read_pool.get_profile(profile_id, _remaining(context))
         if resolved is None:
             raise ProfileNotFound(f"profile {profile_id!r} not found")
         response = pb.GetProfileResponse(resolved_from_alias=resolved.via_alias)
         convert.fill_profile(response.profile, resolved.profile, mask)
+        if cache is not None and epoch is not None and mask is None:
+            cache.put(profile_id, _cacheable(response.profile), epoch)
         return response
 
     @_rpc
@@ -204,6 +240,14 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
                 "value", "is empty or a placeholder that identifies nobody once normalised"
             )
         mask = convert.compile_field_mask(request.field_mask, "field_mask")
+        cache = self._cache
+        epoch = None
+        if cache is not None:
+            if (cached := cache.lookup(identifier)) is not None:
+                response = pb.LookupProfileResponse()
+                _fill_cached(response.profile, cached, mask)
+                return response
+            epoch = cache.epoch()
         found = await self._read_pool.lookup_profile(identifier, _remaining(context))
         if found == 0:
             raise ProfileNotFound(f"no profile holds this {identifier.type} value")
@@ -216,6 +260,8 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
             )
         response = pb.LookupProfileResponse()
         convert.fill_profile(response.profile, found.profile, mask)
+        if cache is not None and epoch is not None and mask is None:
+            cache.put_lookup(identifier, _cacheable(response.profile), epoch)
         return response
 
     @_rpc
@@ -367,6 +413,7 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
         profile, entries = await self._write(
             context, lambda t: self._steward.merge(first, second, actor, reason, t)
         )
+        self._steward_wrote()
         return pb.MergeProfilesResponse(
             profile=convert.profile_to_proto(profile),
             changes=[convert.change_to_proto(e) for e in entries],
@@ -384,6 +431,7 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
         entries = await self._write(
             context, lambda t: self._steward.unmerge(profile_id, record, actor, reason, t)
         )
+        self._steward_wrote()
         return pb.UnmergeProfilesResponse(changes=[convert.change_to_proto(e) for e in entries])
 
     @_rpc
@@ -398,10 +446,30 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
             context,
             lambda t: forget_profile(self._reads.engine, profile_id, actor, reason, t),
         )
+        self._steward_wrote()
         log.info(
             "profile.forgotten", profile_id=entry.profile_id, actor=actor, sequence=entry.sequence
         )
         return pb.ForgetProfileResponse(change=convert.change_to_proto(entry))
+
+    def _steward_wrote(self) -> None:
+        """After a steward write commits: the caller's next read here must see it, and the
+        notification saying what it changed may not have arrived yet."""
+        if self._cache is not None:
+            self._cache.clear()
+
+
+def _cacheable(profile: profile_pb2.Profile) -> CachedProfile:
+    return CachedProfile(profile.profile_id, profile.SerializeToString())
+
+
+def _fill_cached(
+    out: profile_pb2.Profile, cached: CachedProfile, mask: convert.ProfileMask | None
+) -> None:
+    if mask is None:
+        out.MergeFromString(cached.encoded)
+    else:
+        convert.mask_into(out, profile_pb2.Profile.FromString(cached.encoded), mask)
 
 
 def _remaining(context: Any) -> float | None:

@@ -4,6 +4,7 @@
 [grpc]
 listen = "127.0.0.1:50051"           # host:port; port 0 picks a free port
 max_message_bytes = 4194304          # per message, both directions
+read_cache_profiles = 10000          # answers cached per server process; 0: none
 
 [[grpc.tokens]]
 name = "crm-backend"                 # audited as the actor of steward operations; logged
@@ -108,6 +109,10 @@ class GrpcConfig(BaseModel):
         reflection: Serve gRPC server reflection (for grpcurl and similar tools).
         reuse_port: Let several server processes share the port (SO_REUSEPORT). Off by default
             so that a second server started by mistake fails instead of silently sharing it.
+        read_cache_profiles: GetProfile and LookupProfile answers each server process keeps in
+            memory (each kind; ~1-2 KB per typical profile), dropped as soon as the process
+            hears the store wrote their profile; ``0`` sends every read to the store.
+        read_cache_ttl_seconds: The longest an answer is kept, whatever happens.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -122,6 +127,8 @@ class GrpcConfig(BaseModel):
     shutdown_grace_seconds: float = Field(default=5.0, ge=0, le=300)
     reflection: bool = True
     reuse_port: bool = False
+    read_cache_profiles: int = Field(default=10_000, ge=0, le=10_000_000)
+    read_cache_ttl_seconds: float = Field(default=60.0, gt=0, le=86_400)
 
     @field_validator("listen")
     @classmethod

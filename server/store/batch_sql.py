@@ -154,6 +154,9 @@ WITH advanced AS (UPDATE up_change_log_head SET sequence = %s WHERE id = 1)
 SELECT pg_notify(%s, %s)
 """
 
+# One notification per payload, delivered at commit (see profile_writes).
+ANNOUNCE_WRITES = "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS u(payload)"
+
 SAVE_POSITIONS = """
 INSERT INTO up_positions (consumer, stream, position)
 SELECT %s, stream, position

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as upsert
 
 from ..engine.records import Identifier, RecordKey, SourceRecord
 from . import batch_sql as sql
-from . import json_codec
+from . import json_codec, profile_writes
 from . import schema as t
 from .rows import (
     ChangeRow,
@@ -38,7 +38,8 @@ class StoreBatch:
 
     Creating it locks the change-log head (serialising applying transactions) and makes the
     transaction plan its statements generically (see ``batch_sql.LOCK_HEAD``); the block's end
-    sends the writes it deferred, before the caller commits.
+    sends the writes it deferred, before the caller commits. With its writes goes a ``NOTIFY``
+    naming the profiles they touched (:mod:`.profile_writes`), for the serving processes' caches.
 
     Attributes:
         head: The change-log head: the last sequence appended (by this batch or before it).
@@ -50,6 +51,9 @@ class StoreBatch:
         # Writes nothing in the transaction reads back: sent with the next pipelined writes, or
         # when the batch's block ends, rather than in a round trip of their own.
         self._deferred: list[tuple[str, tuple[Any, ...]]] = []
+        # What the transaction wrote, announced with its last writes (see profile_writes).
+        self._written_profiles: set[str] = set()
+        self._linked_identifiers: set[Identifier] = set()
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -144,6 +148,16 @@ class StoreBatch:
         deferred, self._deferred = self._deferred, []
         for statement, params in deferred:
             sql.send(self._c, statement, *params)
+        self._announce_writes()
+
+    def _announce_writes(self) -> None:
+        """NOTIFY the profiles written (and identifiers linked) since the last announcement."""
+        if not self._written_profiles and not self._linked_identifiers:
+            return
+        payloads = list(profile_writes.encode(self._written_profiles, self._linked_identifiers))
+        self._written_profiles = set()
+        self._linked_identifiers = set()
+        sql.send(self._c, sql.ANNOUNCE_WRITES, profile_writes.PROFILE_WRITES_CHANNEL, payloads)
 
     def save_records(
         self,
@@ -193,6 +207,9 @@ class StoreBatch:
         ]
         if links:
             sql.send(self._c, sql.INSERT_IDENTIFIERS, *sql.columns(links))
+            for r in relinked:
+                if not r.deleted:
+                    self._linked_identifiers.update(r.identifiers)
 
     def set_record_profiles(self, assignment: Mapping[RecordKey, str | None]) -> None:
         """Move records to other profiles (records whose image did not change)."""
@@ -216,12 +233,14 @@ class StoreBatch:
         ]
         if rows:
             sql.send(self._c, sql.UPSERT_PROFILES, *sql.columns(rows))
+            self._written_profiles.update(row[0] for row in rows)
 
     def retire_profiles(self, merged_into: Mapping[str, str | None], sequence: int) -> None:
         """Remove profiles; those merged into a survivor keep resolving as its aliases."""
         if not merged_into:
             return
         sql.send(self._c, sql.DELETE_PROFILES, list(merged_into))
+        self._written_profiles.update(merged_into)
         survived = [(old, new) for old, new in merged_into.items() if new is not None]
         if survived:
             aliases = sql.columns(survived)
@@ -244,6 +263,8 @@ class StoreBatch:
             for n, c in enumerate(changes, start=1)
         )
         sql.send(self._c, sql.APPEND_CHANGES, document)
+        # Erasure removes its profile outside this batch; its DELETED entry names it here.
+        self._written_profiles.update(c.profile_id for c in changes)
         self.head += len(changes)
         sql.send(self._c, sql.ADVANCE_HEAD, self.head, CHANGE_CHANNEL, str(self.head))
         return self.head

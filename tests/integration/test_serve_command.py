@@ -94,6 +94,10 @@ def test_serve_answers_reads_and_streams_changes_then_stops_on_sigterm(new_datab
         assert live.change.sequence == 2
         assert abs(live.change.committed_at.seconds - time.time()) < 120
         assert [c.path for c in live.change.changes if c.path == "loyalty.tier"] == ["loyalty.tier"]
+        # Anne was read (and cached) before; a change delivered here is in this server's next read.
+        after = stub.GetProfile(pb.GetProfileRequest(profile_id=anne), metadata=bearer(READER),
+                                timeout=5)
+        assert after.profile.loyalty.tier == "gold"
         stream.cancel()
         channel.close()
 
