@@ -62,7 +62,7 @@ class GrowthSizes:
         if quick:
             return cls(
                 profiles=(2_000, 5_000), changes=2_000, apply_cap_s=4.0, read_seconds=1.0,
-                fanout_seconds=2.5, start_delay_s=1.2, settle_s=1.0,
+                fanout_seconds=4.5, start_delay_s=1.2, settle_s=1.0,
             )
         return cls(
             profiles=(10_000, 100_000, 1_000_000), changes=20_000, apply_cap_s=15.0,

@@ -61,13 +61,16 @@ class CachedProfile:
 
 @dataclass(slots=True)
 class CacheStats:
-    """Counters since start (for metrics and tests)."""
+    """Counters since start (for metrics and tests).
+
+    Attributes:
+        hits: Reads answered from the cache.
+        misses: Reads that went to the store.
+        resets: Times the cache was emptied whole (listener connected or lost, steward write).
+    """
 
     hits: int = 0
     misses: int = 0
-    fills: int = 0
-    fills_skipped: int = 0
-    invalidations: int = 0
     resets: int = 0
 
 
@@ -194,7 +197,6 @@ class ProfileCache:
     def written(self, writes: ProfileWrites) -> None:
         """Drop the answers a committed transaction may have changed."""
         self._epoch += 1
-        self.stats.invalidations += 1
         for profile_id in writes.profile_ids:
             self._by_id.drop_profile(profile_id)
             self._by_identifier.drop_profile(profile_id)
@@ -233,11 +235,7 @@ class ProfileCache:
         self._by_identifier.clear()
 
     def _keep(self, epoch: int | None) -> bool:
-        if epoch is not None and self._listening and epoch == self._epoch:
-            self.stats.fills += 1
-            return True
-        self.stats.fills_skipped += 1
-        return False
+        return epoch is not None and self._listening and epoch == self._epoch
 
     def _count(self, found: CachedProfile | None) -> CachedProfile | None:
         if found is None:
