@@ -3,7 +3,7 @@
 GetProfile and LookupProfile answer from here when they can: no store round trip, no document
 parsing, no message building. Every applying transaction announces the profiles it wrote and the
 identifier values it linked (:mod:`..store.profile_writes`, ``NOTIFY`` at commit), and
-:class:`ProfileCacheListener` drops what they name. How that stays coherent:
+:func:`follow_writes` drops what they name. How that stays coherent:
 
 * **Nothing is cached while nobody listens.** The cache serves and fills only between the
   listener's ``LISTEN`` and the loss of its connection; a loss empties it (notifications sent
@@ -15,7 +15,11 @@ identifier values it linked (:mod:`..store.profile_writes`, ``NOTIFY`` at commit
 * **Aliases and lookups follow the profile they resolved to.** An entry asked for by an alias or
   an identifier is dropped with the profile it answered with (a merge names the profile merged
   away; an erasure names the erased one). A lookup is also dropped when its value is linked to
-  any record again: a second holder makes it ambiguous without writing the first holder.
+  any record again: a second holder makes it ambiguous, and this does not rely on the engine
+  also rewriting the first holder's profile (which today it does).
+* **What a subscriber was told of is gone first.** The change feed hands this cache the changes
+  of each log read before delivering them (:meth:`ProfileCache.changes_read`), so a subscriber's
+  next read on this server sees at least those changes, whichever notification arrives first.
 * **Entries expire** after ``ttl_s`` whatever happens, and the cache holds at most
   ``max_profiles`` answers of each kind, least recently used out first.
 
