@@ -19,7 +19,7 @@ redelivered and older images). Properties checked after every run:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,7 @@ from unified_profile.server.engine.records import (
 )
 from unified_profile.server.engine.survivorship import FieldValue, Rule, RuleSet, merge_fields
 from unified_profile.server.ingest.applier import IncomingRecord, ProfileApplier
-from unified_profile.server.store import migrate, profile_document
+from unified_profile.server.store import profile_document
 from unified_profile.server.store import schema as t
 from unified_profile.server.store.profile_store import ProfileStore
 
@@ -73,15 +73,6 @@ HYPOTHESIS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-@pytest.fixture
-def store(new_database) -> Iterator[ProfileStore]:
-    dsn = new_database("converge")
-    migrate.upgrade(dsn)
-    store = ProfileStore.connect(dsn)
-    yield store
-    store.close()
 
 
 def reset(store: ProfileStore) -> None:

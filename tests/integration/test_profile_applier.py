@@ -8,7 +8,6 @@ from unified_profile.server.engine.identity import IdentifierType
 from unified_profile.server.engine.records import Identifier, RecordKey, SourceRecord
 from unified_profile.server.engine.survivorship import Rule, RuleSet
 from unified_profile.server.ingest.applier import IncomingRecord, ProfileApplier
-from unified_profile.server.store import migrate
 from unified_profile.server.store.profile_reads import ProfileReads
 from unified_profile.server.store.profile_store import ProfileStore, StoreError
 
@@ -26,15 +25,6 @@ RULES = RuleSet(
         ("loyalty.*", Rule("source_priority", ("loyalty",))),
     ),
 )
-
-
-@pytest.fixture
-def store(new_database):
-    dsn = new_database("store")
-    migrate.upgrade(dsn)
-    store = ProfileStore.connect(dsn)
-    yield store
-    store.close()
 
 
 def crm(key: int, position: int, *, email: str | None = None, name: str = "Anne",

@@ -17,7 +17,6 @@ import pytest
 
 from unified_profile.server.rpc.profile_cache import ProfileCache
 from unified_profile.server.rpc.service import ProfileService
-from unified_profile.server.store import migrate
 from unified_profile.server.store.profile_store import ProfileStore
 from unified_profile.server.store.profile_writes import PROFILE_WRITES_CHANNEL
 from unified_profile.v1 import profile_service_pb2 as pb
@@ -83,15 +82,6 @@ def wait_for(condition: Callable[[], Any], what: str) -> Any:
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
     return result
-
-
-@pytest.fixture
-def store(new_database) -> Iterator[ProfileStore]:
-    dsn = new_database("cache")
-    migrate.upgrade(dsn)
-    store = ProfileStore.connect(dsn)
-    yield store
-    store.close()
 
 
 @pytest.fixture

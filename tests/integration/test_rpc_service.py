@@ -13,8 +13,6 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from unified_profile.server.rpc.service import ProfileService
-from unified_profile.server.store import migrate
-from unified_profile.server.store.profile_store import ProfileStore
 from unified_profile.v1 import profile_pb2
 from unified_profile.v1 import profile_service_pb2 as pb
 
@@ -40,15 +38,6 @@ pytestmark = pytest.mark.integration
 K = profile_pb2.ChangeKind
 ANNE = "crm/public.customers/{\"id\":1}"
 ANNES_MEMBERSHIP = "loyalty/public.members/{\"member_id\":\"L1\"}"
-
-
-@pytest.fixture
-def store(new_database):
-    dsn = new_database("rpc")
-    migrate.upgrade(dsn)
-    store = ProfileStore.connect(dsn)
-    yield store
-    store.close()
 
 
 @pytest.fixture

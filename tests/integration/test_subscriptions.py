@@ -29,6 +29,7 @@ from unified_profile.server.feed import (
     ChangeFeedConfig,
     ChangeFilter,
     CursorOutOfRange,
+    Heartbeat,
     ListenerConfig,
     StartAt,
 )
@@ -87,10 +88,12 @@ def store_dsn(new_database):
 
 @contextlib.asynccontextmanager
 async def serving(dsn: str, listen_dsn: str | None = None, max_message_bytes: int = 4 << 20,
+                  on_read: Callable[[list[Any]], None] | None = None,
                   **config: Any) -> AsyncIterator[Harness]:
     config.setdefault("poll_interval_s", 60.0)
     store = ProfileStore.connect(dsn)
-    feed = ChangeFeed(store, listen_dsn or dsn, subscribe_response, ChangeFeedConfig(**config))
+    feed = ChangeFeed(store, listen_dsn or dsn, subscribe_response, ChangeFeedConfig(**config),
+                      on_read=on_read)
     await feed.start()
     # The service's own servicer, delegating to the subscriptions; no auth interceptor here, only
     # the one that sends the feed's encoded messages as they are.
@@ -563,6 +566,46 @@ def test_earliest_after_retention_is_in_range_even_when_it_goes_live_before_the_
             received += [(await anext(entries))[0].sequence for _ in range(4)]
             assert received == [6, 7, 8, 9, 10]
             assert h.feed.head == 10
+            subscription.close()
+    run(scenario)
+
+
+def test_every_change_is_handed_to_on_read_before_a_subscriber_gets_it(store_dsn):
+    # What the read cache relies on to drop a profile before its subscriber can read it again:
+    # both the subscription's own catch-up reads and the pump's live reads go through on_read.
+    seen: set[int] = set()
+
+    def on_read(changes: list[Any]) -> None:
+        seen.update(c.sequence for c in changes)
+
+    async def next_changes(entries: Any) -> list[int]:
+        while isinstance(batch := await anext(entries), Heartbeat):
+            pass
+        return [e.sequence for e in batch]
+
+    async def scenario():
+        # No notifications and no poll: the pump reads only when woken here.
+        async with serving(store_dsn, listen_dsn="host=127.0.0.1 port=1 connect_timeout=1",
+                           on_read=on_read) as h:
+            await h.append(*[change() for _ in range(3)])
+            h.feed._wake.set()
+            async with asyncio.timeout(10):
+                while h.feed.head < 3:  # published: a new subscriber has to read the log
+                    await asyncio.sleep(0.01)
+            seen.clear()
+            subscription = await h.feed.subscribe(StartAt.earliest(), ChangeFilter())
+            entries = subscription.batches(10)
+            assert await next_changes(entries) == [1, 2, 3]
+            assert seen == {1, 2, 3}  # the subscription's own catch-up read
+            live = asyncio.ensure_future(next_changes(entries))
+            async with asyncio.timeout(10):
+                while not subscription.live:
+                    await asyncio.sleep(0.01)
+            seen.clear()
+            await h.append(change(), change())
+            h.feed._wake.set()  # what the notification would have done
+            assert await live == [4, 5]
+            assert seen == {4, 5}  # the pump's read
             subscription.close()
     run(scenario)
 
