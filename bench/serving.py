@@ -53,6 +53,11 @@ CACHED_READ_SET = 1_000
 service desk or the tills have in hand, read again and again."""
 _CACHED = "1 cached"
 """The cached-read figures' key beside the server process counts in the reads' results."""
+CHURN_SHARE = 10
+"""The churning-cache figures' cache holds 1/CHURN_SHARE of the store (10,000 of 100,000
+profiles, the default size): uniform reads then mostly miss, and every miss is stored."""
+_CHURN = "1 churning cache"
+"""The churning-cache figures' key beside the others in the reads' results."""
 
 
 @dataclass(frozen=True)
@@ -125,14 +130,23 @@ def run(ctx: Context, sizes: ServingSizes | None = None) -> ScenarioResult:
         store, preload = prepare_store(
             ctx, make_conninfo(ctx.services.dsn, dbname=database), sizes.profiles, "serving"
         )
-        reads = measure_reads(store, sizes) | measure_cached_reads(store, sizes)
+        reads = (
+            measure_reads(store, sizes)
+            | measure_cached_reads(store, sizes)
+            | measure_churning_reads(store, sizes)
+        )
         fanout = measure_fanout(store, sizes, ctx.seed)
     finally:
         drop_database(admin, database)
     result = ScenarioResult(details={
         "sizes": asdict(sizes), "preload": preload, "reads": reads, "fanout": fanout,
     })
-    result.figures = _read_figures(reads) + _fanout_figures(fanout) + _rss_figures(reads, fanout)
+    result.figures = (
+        _read_figures(reads)
+        + _churn_figures(reads)
+        + _fanout_figures(fanout)
+        + _rss_figures(reads, fanout)
+    )
     result.notes = _notes(sizes, reads, fanout)
     return result
 
@@ -185,6 +199,15 @@ def measure_cached_reads(store: Store, sizes: ServingSizes) -> dict[str, Any]:
         store, config=config, profile_ids=store.profile_ids[:hot], crm_ids=store.crm_ids[:hot]
     )
     return {_CACHED: _measure_reads_on(cached, sizes, 1, warm=True)}
+
+
+def measure_churning_reads(store: Store, sizes: ServingSizes) -> dict[str, Any]:
+    """The same on one server process whose read cache holds a tenth of the store, keys drawn
+    uniformly from every profile: what the cache costs where it cannot help (each miss is read
+    from the store, then stored in the cache, evicting another answer)."""
+    held = max(1, len(store.profile_ids) // CHURN_SHARE)
+    config = store.config | {"grpc": store.config["grpc"] | {"read_cache_profiles": held}}
+    return {_CHURN: _measure_reads_on(replace(store, config=config), sizes, 1)}
 
 
 def _measure_reads_on(
@@ -368,6 +391,24 @@ def _read_figures(reads: dict[str, Any]) -> list[Figure]:
     return figures
 
 
+def _churn_figures(reads: dict[str, Any]) -> list[Figure]:
+    """A churning cache's reads next to the same reads with no cache (same keys, same run)."""
+    churn, plain = reads.get(_CHURN), reads.get("1")
+    if churn is None or plain is None:
+        return []
+    return [
+        Figure(
+            f"{_METHOD_NAMES[method]} QPS, {concurrency} in flight, {_where(_CHURN)}",
+            measured["qps"], "calls/s",
+            baseline=plain[method][concurrency]["qps"],
+            baseline_name="no read cache, 1 server process, same keys",
+        )
+        for method in ("get", "lookup")
+        for concurrency, measured in churn.get(method, {}).items()
+        if concurrency in plain.get(method, {})
+    ]
+
+
 # --- fan-out ---------------------------------------------------------------------------------
 
 
@@ -512,7 +553,8 @@ def _notes(sizes: ServingSizes, reads: dict[str, Any], fanout: dict[str, Any]) -
         f"serving: {sizes.profiles:,} profiles stored; echo = grpc.health.v1.Health/Check on the "
         "same server (no store access, no token check); reads draw uniformly from every profile "
         f"with no read cache, except the read-cache figures: {CACHED_READ_SET:,} profiles, each "
-        "read once before the windows (every read a hit); load from "
+        "read once before the windows (every read a hit), and the churning-cache figures: a "
+        f"cache holding 1/{CHURN_SHARE} of the profiles, keys drawn from all of them; load from "
         f"{_LOAD_PROCESSES} generator processes (1 at 1 in flight), closed loop, "
         f"{sizes.read_seconds:g} s windows x {sizes.repeats}, median QPS reported",
     ]
@@ -543,6 +585,8 @@ def _where(processes: str) -> str:
     """How a reads' key reads in a figure's name."""
     if processes == _CACHED:
         return f"1 server process, read cache, {CACHED_READ_SET:,} profiles read"
+    if processes == _CHURN:
+        return f"1 server process, read cache holding 1/{CHURN_SHARE} of the profiles read"
     return f"{processes} server process{'es' if processes != '1' else ''}"
 
 

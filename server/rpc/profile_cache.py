@@ -1,6 +1,6 @@
 """The serving process's read cache: whole profiles as encoded, dropped when the store writes them.
 
-GetProfile and LookupProfile answer from here when they can: no store round trip, no document
+GetProfile, LookupProfile and each ref of BatchGetProfiles answer from here when they can: no store round trip, no document
 parsing, no message building. Every applying transaction announces the profiles it wrote and the
 identifier values it linked (:mod:`..store.profile_writes`, ``NOTIFY`` at commit), and
 :func:`follow_writes` drops what they name. How that stays coherent:

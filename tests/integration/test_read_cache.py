@@ -14,11 +14,13 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+from google.protobuf import field_mask_pb2
 
 from unified_profile.server.rpc.profile_cache import ProfileCache
 from unified_profile.server.rpc.service import ProfileService
 from unified_profile.server.store.profile_store import ProfileStore
 from unified_profile.server.store.profile_writes import PROFILE_WRITES_CHANNEL
+from unified_profile.v1 import profile_pb2
 from unified_profile.v1 import profile_service_pb2 as pb
 
 from .rpc_support import (
@@ -62,6 +64,14 @@ class CachedServer:
         return self.stub.LookupProfile(
             pb.LookupProfileRequest(identifier_type=type_, value=value), metadata=bearer(READER)
         )
+
+    def batch_get(
+        self, refs: list[pb.ProfileRef], mask: list[str] | None = None
+    ) -> pb.BatchGetProfilesResponse:
+        request = pb.BatchGetProfilesRequest(refs=refs)
+        if mask is not None:
+            request.field_mask.CopyFrom(field_mask_pb2.FieldMask(paths=mask))
+        return self.stub.BatchGetProfiles(request, metadata=bearer(READER))
 
     def get_twice_from_cache(self, profile_id: str) -> pb.GetProfileResponse:
         """Read until an answer comes from the cache; that answer."""
@@ -108,6 +118,48 @@ def test_a_cached_profile_shows_a_new_value_once_written(store, server):
     assert server.get_twice_from_cache(anne).profile.person.given_name == "Anne"
     apply(store, crm(1, 20, email="anne@example.com", name="Ann"))
     wait_for(lambda: server.get(anne).profile.person.given_name == "Ann", "the new name")
+
+
+def by_email(value: str) -> pb.ProfileRef:
+    return pb.ProfileRef(identifier=profile_pb2.Identifier(type="email", value=value))
+
+
+def test_a_batch_takes_what_the_cache_holds_reads_the_rest_and_sees_writes(store, server):
+    [(anne, _, _)] = apply(store, crm(1, 10, email="anne@example.com"))
+    [(bob, _, _)] = apply(store, crm(2, 20, email="bob@example.com", name="Bob"))
+    server.get_twice_from_cache(anne)
+    server.lookup("email", "bob@example.com")
+    refs = [
+        pb.ProfileRef(profile_id=anne),
+        by_email("BOB@example.com"),
+        pb.ProfileRef(profile_id="p_missing"),
+        pb.ProfileRef(profile_id=bob),
+        by_email("anne@example.com"),
+    ]
+    stats = server.cache.stats
+    hits, misses = stats.hits, stats.misses
+    first = server.batch_get(refs)
+    assert (stats.hits - hits, stats.misses - misses) == (2, 3)
+    assert [r.found for r in first.results] == [True, True, False, True, True]
+    assert [r.profile.profile_id for r in first.results] == [anne, bob, "", bob, anne]
+    assert [r.ref for r in first.results] == refs
+    # The store's answers were kept: now only the unknown id misses, and a mask cuts the cache's.
+    hits, misses = stats.hits, stats.misses
+    masked = server.batch_get(refs, mask=["person"])
+    assert (stats.hits - hits, stats.misses - misses) == (4, 1)
+    assert [r.profile.person.given_name for r in masked.results] == [
+        "Anne", "Bob", "", "Bob", "Anne"
+    ]
+    assert not masked.results[0].profile.HasField("contact")
+    # What the cache answered is what the store answered.
+    assert first.results[0].profile == first.results[4].profile == server.get(anne).profile
+    assert first.results[1].profile == first.results[3].profile == server.get(bob).profile
+    apply(store, crm(1, 30, email="anne@example.com", name="Ann"))
+    wait_for(
+        lambda: [r.profile.person.given_name for r in server.batch_get(refs).results]
+        == ["Ann", "Bob", "", "Bob", "Ann"],
+        "the batch to show the new name by id and by email",
+    )
 
 
 def test_an_id_merged_away_resolves_to_the_survivor_once_merged(store, server):
