@@ -398,7 +398,8 @@ def _churn_figures(reads: dict[str, Any]) -> list[Figure]:
         return []
     return [
         Figure(
-            f"{_METHOD_NAMES[method]} QPS, {concurrency} in flight, {_where(_CHURN)}",
+            f"read cache's cost: {_METHOD_NAMES[method]} QPS, {concurrency} in flight, "
+            f"{_where(_CHURN)}",
             measured["qps"], "calls/s",
             baseline=plain[method][concurrency]["qps"],
             baseline_name="no read cache, 1 server process, same keys",
