@@ -146,8 +146,8 @@ class ReadCacheCollector(Collector):
         hits, misses, entries, serving = found
         reads = CounterMetricFamily(
             "up_read_cache_reads",
-            "GetProfile and LookupProfile calls, and BatchGetProfiles refs, that looked in the read cache, "
-            "by result",
+            "GetProfile and LookupProfile calls, and BatchGetProfiles refs, that looked in the "
+            "read cache, by result",
             labels=["result"],
         )
         reads.add_metric(["hit"], hits)

@@ -1,9 +1,9 @@
 """The serving process's read cache: whole profiles as encoded, dropped when the store writes them.
 
-GetProfile, LookupProfile and each ref of BatchGetProfiles answer from here when they can: no store round trip, no document
-parsing, no message building. Every applying transaction announces the profiles it wrote and the
-identifier values it linked (:mod:`..store.profile_writes`, ``NOTIFY`` at commit), and
-:func:`follow_writes` drops what they name. How that stays coherent:
+GetProfile, LookupProfile and each ref of BatchGetProfiles answer from here when they can: no
+store round trip, no document parsing, no message building. Every applying transaction announces
+the profiles it wrote and the identifier values it linked (:mod:`..store.profile_writes`,
+``NOTIFY`` at commit), and :func:`follow_writes` drops what they name. How that stays coherent:
 
 * **Nothing is cached while nobody listens.** The cache serves and fills only between the
   listener's ``LISTEN`` and the loss of its connection; a loss empties it (notifications sent
