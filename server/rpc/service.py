@@ -323,7 +323,8 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
                 _fill_cached(result.profile, hit, mask)
             elif resolved is not None:
                 convert.fill_profile(result.profile, resolved.profile, mask)
-                if cache is not None and mask is None:
+                # No epoch: the cache is not listening and would not keep it.
+                if cache is not None and epoch is not None and mask is None:
                     if kind == "id":
                         cache.put(value, _cacheable(result.profile), epoch)
                     else:

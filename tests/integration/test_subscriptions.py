@@ -581,7 +581,10 @@ def test_every_change_is_handed_to_on_read_before_a_subscriber_gets_it(store_dsn
     async def next_changes(entries: Any) -> list[int]:
         while isinstance(batch := await anext(entries), Heartbeat):
             pass
-        return [e.sequence for e in batch]
+        received = [e.sequence for e in batch]
+        # Checked on receipt: handed to on_read before, not merely by the time of the assert.
+        assert set(received) <= seen, f"{received} reached the subscriber before on_read"
+        return received
 
     async def scenario():
         # No notifications and no poll: the pump reads only when woken here.
