@@ -4,7 +4,9 @@ One database is grown in steps (full 10,000 → 100,000 → 1,000,000 profiles, 
 as the apply scenario preloads them). At each size, the same three short measurements run: the
 embedded apply rate (:mod:`bench.apply_proc`), GetProfile at 16 in flight next to echo, and fan-out
 to 100 subscribers (:mod:`bench.serving`). Each figure at a larger size is shown next to the same
-figure at the smallest size, so the ratio is the growth. See ``bench/README.md``.
+figure at the smallest size, so the ratio is the growth. Then, on a database of its own, the cost
+of a change as one profile's records pile up (:mod:`bench.profile_records`). See
+``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from psycopg.conninfo import make_conninfo
 
 from unified_profile.server.config import parse_service_config
 
-from . import apply, apply_data
+from . import apply, apply_data, profile_records
 from .apply_proc import EngineJob, run_engine
 from .report import Figure
 from .scenario import Context, ScenarioResult
@@ -46,6 +48,8 @@ class GrowthSizes:
         fanout_seconds: How long the fan-out writer writes (10 changes/s).
         start_delay_s: Load generators are given this long to start before calling.
         settle_s: After the fan-out writer's last commit, how long deliveries may take.
+        profile_records: Records of the one profile whose changes are timed, smallest first.
+        record_changes: Changes timed at each of those sizes.
     """
 
     profiles: tuple[int, ...]
@@ -55,6 +59,8 @@ class GrowthSizes:
     fanout_seconds: float
     start_delay_s: float
     settle_s: float
+    profile_records: tuple[int, ...]
+    record_changes: int
 
     @classmethod
     def for_mode(cls, quick: bool) -> GrowthSizes:
@@ -63,10 +69,12 @@ class GrowthSizes:
             return cls(
                 profiles=(2_000, 5_000), changes=2_000, apply_cap_s=4.0, read_seconds=1.0,
                 fanout_seconds=4.5, start_delay_s=1.2, settle_s=1.0,
+                profile_records=(2, 100), record_changes=20,
             )
         return cls(
             profiles=(10_000, 100_000, 1_000_000), changes=20_000, apply_cap_s=15.0,
             read_seconds=5.0, fanout_seconds=10.0, start_delay_s=2.0, settle_s=2.0,
+            profile_records=(2, 100, 1_000), record_changes=50,
         )
 
     def serving(self, profiles: int) -> ServingSizes:
@@ -102,16 +110,46 @@ def run(ctx: Context, sizes: GrowthSizes | None = None) -> ScenarioResult:
             }
     finally:
         drop_database(admin, database)
-    result = ScenarioResult(details={"sizes": asdict(sizes), "steps": steps})
-    result.figures = figures(steps)
+    records = _measure_profile_records(ctx, admin, sizes)
+    result = ScenarioResult(
+        details={"sizes": asdict(sizes), "steps": steps, "profile_records": records}
+    )
+    result.figures = figures(steps) + profile_records.figures(records)
     result.notes = [
         f"growth: at each store size, embedded apply of {sizes.changes:,} events (capped at "
         f"{sizes.apply_cap_s:g} s), GetProfile at {_CONCURRENCY} in flight next to echo "
         f"({sizes.read_seconds:g} s windows, 1 server process), fan-out to {_SUBSCRIBERS} "
         f"subscribers at 10 changes/s for {sizes.fanout_seconds:g} s; each figure next to the "
-        "same figure at the smallest size"
+        "same figure at the smallest size",
+        "growth: one loyalty member linked to a CRM customer, its profile holding "
+        f"{', '.join(f'{n:,}' for n in sizes.profile_records)} records in turn (the rest "
+        f"points-ledger entries); at each size {sizes.record_changes} changes of the member's "
+        "points, one per store transaction, applied in the bench process and timed with its "
+        "CPU clock",
     ]
     return result
+
+
+def _measure_profile_records(
+    ctx: Context, admin: str, sizes: GrowthSizes
+) -> dict[str, dict[str, Any]]:
+    database = f"up_bench_{ctx.run_id}_records"
+    create_database(admin, database)
+    try:
+        names = apply_data.SourceNames.for_run(ctx.run_id)
+        dsn = make_conninfo(ctx.services.dsn, dbname=database)
+        config = parse_service_config(
+            apply_data.engine_config(
+                dsn, ctx.services.bootstrap_servers, names,
+                group_id=f"bench_{ctx.run_id}_records", offsets_topic=f"bench_{ctx.run_id}.records",
+            ),
+            "bench",
+        )
+        return profile_records.measure(
+            dsn, config, names, sizes.profile_records, sizes.record_changes
+        )
+    finally:
+        drop_database(admin, database)
 
 
 def _measure(

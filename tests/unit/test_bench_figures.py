@@ -5,7 +5,7 @@ from __future__ import annotations
 import array
 import math
 
-from bench import end_to_end, growth
+from bench import end_to_end, growth, profile_records
 from bench.apply_data import SourceNames
 from bench.apply_proc import EngineResult, joined
 from bench.services import store_sizing
@@ -110,6 +110,18 @@ def test_growth_figures_sit_next_to_the_smallest_store() -> None:
     # A figure a step could not measure is left out rather than written as a number.
     assert "growth: fan-out to 100 subscribers: store commit → receive p99 at 1,000,000 profiles" \
         not in by_name
+
+
+def test_a_change_to_a_larger_profile_sits_next_to_the_same_change_at_2_records() -> None:
+    def result(cpu_us: float) -> dict[str, object]:
+        return {"changes": 50, "cpu_us_per_change": cpu_us, "wall_ms_per_change": 1.0}
+
+    figures = profile_records.figures({"2": result(3_000.0), "1000": result(33_000.0)})
+    small, large = figures
+    assert small.baseline is None and small.value == 3_000.0
+    assert "1,000 records" in large.measure
+    assert large.baseline == 3_000.0 and large.ratio == 11.0
+    assert large.baseline_name == "the same change to a profile of 2 records"
 
 
 def test_workers_are_timed_from_when_all_have_started_and_backends_counted_once() -> None:
