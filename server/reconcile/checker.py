@@ -7,11 +7,12 @@ from collections.abc import Iterable
 import structlog
 
 from ..config import ServiceConfig
-from ..engine.records import RecordKey, SourceRecord
+from ..engine.records import SourceRecord
 from ..engine.survivorship import RuleSet, merge_fields
 from ..ingest.mapper import ConfiguredMapper
 from ..store import profile_document
 from ..store.profile_store import ProfileStore, StoredProfile
+from ..store.seen_records import seen_records
 from .drift import ProfileDrift, RecordDrift, Report, TableReport, compare
 from .source_rows import read_source
 
@@ -31,22 +32,23 @@ def check(config: ServiceConfig, store: ProfileStore, batch_rows: int = 2_000) -
     mapper = ConfiguredMapper(config.mapping)
     for source in config.capture.sources:
         tables: dict[str, TableReport] = {}
-        seen: dict[str, set[RecordKey]] = {}
-        for batch in read_source(source, mapper, batch_rows):
-            table = tables.setdefault(batch.table, TableReport(source.name, batch.table))
-            table.source_rows += len(batch.images) + len(batch.rejected)
-            table.unmappable += batch.rejected
-            stored = store.records([image.key for image in batch.images])
-            found = seen.setdefault(batch.table, set())
-            for image in batch.images:
-                found.add(image.key)
-                before = stored.get(image.key)
-                drift = compare(image, before.record if before else None)
-                if drift is not None:
-                    table.drift.append(drift)
+        # The keys seen go to the store, not to a set here: memory stays flat however large a
+        # table is, and the orphans are one anti-join (see ..store.seen_records).
+        with seen_records(store, source.name) as seen:
+            for batch in read_source(source, mapper, batch_rows):
+                table = tables.setdefault(batch.table, TableReport(source.name, batch.table))
+                table.source_rows += len(batch.images) + len(batch.rejected)
+                table.unmappable += batch.rejected
+                stored = store.records([image.key for image in batch.images])
+                seen.add(image.key for image in batch.images)
+                for image in batch.images:
+                    before = stored.get(image.key)
+                    drift = compare(image, before.record if before else None)
+                    if drift is not None:
+                        table.drift.append(drift)
+            for name, table in tables.items():
+                table.drift += [RecordDrift("orphaned", key) for key in seen.unseen_live(name)]
         for name, table in tables.items():
-            orphans = store.live_record_keys(source.name, name) - seen.get(name, set())
-            table.drift += [RecordDrift("orphaned", key) for key in sorted(orphans)]
             report.tables.append(table)
             log.info(
                 "reconcile.table_checked",

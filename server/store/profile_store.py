@@ -172,17 +172,6 @@ class ProfileStore:
             rows = sql.run(connection, sql.LOAD_RECORDS, *sql.keys(keys))
         return {found.record.key: found for found in map(stored_record, rows)}
 
-    def live_record_keys(self, source: str, table: str) -> set[RecordKey]:
-        """Every record of one source table the store holds as live."""
-        c = t.source_records.c
-        with self.engine.connect() as connection:
-            rows = connection.execute(
-                select(c.record_key).where(
-                    c.source == source, c.table_name == table, c.deleted.is_(False)
-                )
-            ).scalars()
-            return {RecordKey(source, table, key) for key in rows}
-
     def profile_record_keys(self, profile_id: str) -> set[RecordKey]:
         """The records linked to one profile."""
         with self.engine.connect() as connection:
