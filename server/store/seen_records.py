@@ -14,6 +14,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..engine.records import RecordKey
 from .profile_store import ProfileStore, StoreError
@@ -43,8 +44,8 @@ def seen_records(store: ProfileStore, source: str) -> Iterator[SeenRecords]:
     """
     try:
         connection = store.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-    except Exception as exc:
-        raise StoreError(f"store unreachable: {exc}") from exc
+    except (OperationalError, DBAPIError) as exc:
+        raise StoreError(f"store unreachable: {exc.orig or exc}") from exc
     with connection:
         driver = connection.connection.driver_connection
         assert isinstance(driver, psycopg.Connection)
