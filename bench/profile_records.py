@@ -7,9 +7,10 @@ member's points move) is applied one per store transaction, as a quiet live stre
 and timed in this process. The figure is the engine's CPU per change next to the same change to
 a profile of 2 records (the customer and the member).
 
-The records are built as the demo's mapping builds them (``loyalty.members``,
-``loyalty.points_ledger``) and applied by the real :class:`ProfileApplier` with the demo's
-identity types and survivorship rules, on a migrated database of its own.
+The records are shaped as the demo's mapping builds them (its tables' keys and identifiers, a
+few of their fields: ``crm.customers``, ``loyalty.members``, ``loyalty.points_ledger``) and
+applied by the real :class:`ProfileApplier` with the demo's identity types and survivorship
+rules, on a migrated database of its own.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def _commit_us(position: int) -> int:
 def _customer(names: SourceNames, person: int, position: int) -> SourceRecord:
     email = f"member{person}@example.com"
     return _record(
-        names.crm, CUSTOMERS, {"customer_id": person}, position,
+        names.crm, CUSTOMERS, {"id": person}, position,
         {"person.given_name": "Ada", "person.family_name": f"Lovelace {person}",
          "contact.email": email, "crm.customer_id": str(person)},
         {Identifier("crm_id", str(person)), Identifier("email", email)},
@@ -157,7 +158,7 @@ def _ledger(names: SourceNames, person: int, entry: int, position: int) -> Sourc
     member_id = f"M{person:08d}"
     seconds = _commit_us(position) // 1_000_000
     return _record(
-        names.loyalty, LEDGER, {"entry_id": f"{member_id}-{entry}"}, position,
+        names.loyalty, LEDGER, {"entry_id": person * 1_000_000 + entry}, position,
         {"loyalty.last_activity_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))},
         {Identifier("loyalty_id", member_id)}, versioned=False,
     )

@@ -48,17 +48,16 @@ def check(config: ServiceConfig, store: ProfileStore, batch_rows: int = 2_000) -
                         table.drift.append(drift)
             for name, table in tables.items():
                 table.drift += [RecordDrift("orphaned", key) for key in seen.unseen_live(name)]
-        for name, table in tables.items():
-            report.tables.append(table)
-            log.info(
-                "reconcile.table_checked",
-                source=source.name,
-                table=name,
-                rows=table.source_rows,
-                missing=table.count("missing"),
-                stale=table.count("stale"),
-                orphaned=table.count("orphaned"),
-            )
+                report.tables.append(table)
+                log.info(
+                    "reconcile.table_checked",
+                    source=source.name,
+                    table=name,
+                    rows=table.source_rows,
+                    missing=table.count("missing"),
+                    stale=table.count("stale"),
+                    orphaned=table.count("orphaned"),
+                )
     _check_profiles(store, config.rules, report)
     return report
 
